@@ -1,0 +1,98 @@
+"""Default configuration: every field the program reads, with its meaning.
+
+The dataset configs import this one and change only what differs. Run with
+  python -m simclr_jax.main --config=configs/default.py --workdir=runs/default
+(which pretrains on the offline digits data with the CIFAR-size recipe).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default (digits-sized, CIFAR-style) configuration."""
+  config = ml_collections.ConfigDict()
+  config.mode = "pretrain"  # pretrain | linear_eval | finetune | distill
+  config.seed = 0  # parameter init, data order and augmentation randomness
+
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "digits"  # digits | tfds | folder
+  data.name = ""  # TFDS builder name when source == 'tfds' (e.g. 'cifar10')
+  data.data_dir = ""  # TFDS data_dir, or the image-folder root; '' = TFDS default
+  data.train_split = "train"  # split used for training
+  data.eval_split = "test"  # split used for evaluation
+  data.image_key = "image"  # TFDS feature holding the image
+  data.label_key = "label"  # TFDS feature holding the class label
+  data.image_size = 32  # side of the (square) network input, pixels
+  data.shuffle_buffer = 10_000  # examples in the tf.data shuffle buffer
+  data.cache = True  # cache decoded images in memory (small datasets only)
+  data.digits_test_fraction = 0.2  # digits: stratified held-out fraction
+  data.digits_split_seed = 0  # digits: seed of the fixed train/test split
+
+  config.aug = aug = ml_collections.ConfigDict()
+  aug.num_views = 2  # augmented views per image (2 = SimCLR)
+  aug.crop_area_min = 0.08  # random-resized-crop area range (fraction)
+  aug.crop_area_max = 1.0
+  aug.aspect_min = 3 / 4  # random-resized-crop aspect-ratio range
+  aug.aspect_max = 4 / 3
+  aug.flip_prob = 0.5  # horizontal flip probability
+  aug.color_strength = 0.5  # colour-jitter strength s (1.0 ImageNet, 0.5 CIFAR)
+  aug.color_prob = 0.8  # probability of applying colour jitter
+  aug.grayscale_prob = 0.2  # probability of converting to grayscale
+  aug.blur = False  # Gaussian blur (on for ImageNet-size images)
+  aug.blur_prob = 0.5  # probability of blurring a view
+  aug.blur_sigma_min = 0.1  # blur sigma range, pixels
+  aug.blur_sigma_max = 2.0
+  aug.blur_kernel_frac = 0.1  # blur kernel side as a fraction of the image side
+  aug.eval_crop_proportion = 1.0  # centre-crop fraction at eval (0.875 ImageNet)
+
+  config.model = model = ml_collections.ConfigDict()
+  model.depth = 18  # ResNet depth: 18, 34, 50, 101, 152, 200
+  model.width = 1  # width multiplier
+  model.sk_ratio = 0.0  # selective-kernel ratio (SimCLR v2 uses 0.0625)
+  model.stage_sizes = config_dict.placeholder(tuple)  # blocks per stage, overriding depth's (tiny runs)
+  model.base_widths = config_dict.placeholder(tuple)  # channels of the 4 stages at width 1 (64,128,256,512)
+  model.stem = "auto"  # cifar | imagenet | auto (cifar below auto_stem_max_size)
+  model.auto_stem_max_size = 64  # largest image side that gets the CIFAR stem
+  model.bn_momentum = 0.9  # BatchNorm moving-average decay
+  model.bn_epsilon = 1e-5  # BatchNorm epsilon
+  model.head_layers = 2  # projection-head layers (2 = v1, 3 = v2)
+  model.head_hidden_dim = 0  # hidden width of the head (0 = width of h)
+  model.proj_dim = 128  # output dimension of z
+  model.sup_head_from = 0  # supervised head input: 0 = h, k = head layer k
+  model.dtype = "float32"  # compute dtype: float32 | bfloat16
+
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.name = "nt_xent"  # nt_xent | supcon | nt_logistic | margin_triplet
+  loss.temperature = 0.5  # softmax temperature tau
+  loss.supcon_variant = "out"  # supcon: out (L_out) | in (L_in)
+  loss.margin = 0.5  # margin_triplet: margin m
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.name = "lars"  # lars | sgd | adamw
+  optim.base_lr = 1.0  # base learning rate before batch scaling
+  optim.lr_scaling = "linear"  # linear (x B/256) | sqrt (x sqrt(B)) | none
+  optim.weight_decay = 1e-6  # on kernels only (not BN, biases, probe head)
+  optim.momentum = 0.9  # LARS / SGD momentum
+  optim.trust_coefficient = 0.001  # LARS eta
+  optim.nesterov = True  # SGD: Nesterov momentum
+  optim.b1 = 0.9  # AdamW betas and epsilon
+  optim.b2 = 0.999
+  optim.eps = 1e-8
+  optim.warmup_epochs = 10  # linear warm-up length, epochs
+
+  config.train = train = ml_collections.ConfigDict()
+  train.global_batch = 512  # images per step over all devices (views x V)
+  train.epochs = 100  # training length in epochs ...
+  train.steps = 0  # ... or in steps when > 0 (overrides epochs)
+  train.probe = True  # online linear probe on stop_gradient(h)
+  train.log_every_steps = 50  # console / TensorBoard metrics interval
+  train.checkpoint_every_steps = 500  # checkpoint interval (always at the end)
+  train.keep_checkpoints = 3  # checkpoints kept in the workdir
+  train.eval_every_steps = 0  # online evaluation interval (0 = only at end)
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 256  # global batch of the evaluation passes
+  ev.knn_k = 200  # kNN monitor: neighbours
+  ev.knn_temperature = 0.1  # kNN monitor: similarity temperature
+  return config

@@ -1,0 +1,140 @@
+"""Throughput benchmark: input-pipeline and train-step images/s for a config.
+
+  python -m simclr_jax.benchmark --config=configs/digits.py
+  python -m simclr_jax.benchmark --config=configs/imagenet.py --sample_jpegs \
+      --config.train.global_batch=16 --steps=3
+
+The input pipeline is timed alone (host tf.data, all views augmented); the
+train step is timed alone on a batch already on the devices, so each figure
+says what that part can sustain. `--sample_jpegs` reads scikit-learn's bundled
+photos (427x640), JPEG-encoded into a temporary image folder, as an offline
+stand-in for ImageNet files.
+"""
+
+import os
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Configuration file.",
+                                lock_config=False)
+flags.DEFINE_integer("steps", 10, "Timed train steps.")
+flags.DEFINE_integer("warmup_steps", 2, "Untimed train steps after compile.")
+flags.DEFINE_integer("input_batches", 20, "Timed input-pipeline batches.")
+flags.DEFINE_bool("sample_jpegs", False,
+                  "Use scikit-learn's sample photos as a JPEG image folder.")
+flags.DEFINE_integer("sample_copies", 64,
+                     "Copies of each sample photo in the JPEG folder.")
+flags.DEFINE_bool("skip_input", False, "Do not time the input pipeline.")
+flags.DEFINE_bool("skip_train", False, "Do not time the train step.")
+flags.mark_flags_as_required(["config"])
+
+
+def write_sample_jpeg_folder(root: str, copies: int) -> str:
+  """Writes scikit-learn's sample photos as JPEGs in root/train/<class>/.
+
+  Args:
+    root: directory to create the folder in.
+    copies: files per photo (each class holds one photo's copies).
+
+  Returns:
+    The image-folder root.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
+  photos = load_sample_images().images
+  for split in ("train", "test"):
+    for c, photo in enumerate(photos):
+      d = os.path.join(root, split, f"photo{c}")
+      os.makedirs(d, exist_ok=True)
+      for i in range(copies if split == "train" else 2):
+        Image.fromarray(np.asarray(photo)).save(
+            os.path.join(d, f"{i:05d}.jpg"), quality=90)
+  return root
+
+
+def time_input(config, num_batches: int) -> float:
+  """Images/s of the host pretraining pipeline (all views augmented)."""
+  from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  it = data_lib.make_pretrain_iterator(config.data, config.aug,
+                                       config.train.global_batch, config.seed)
+  next(it)  # start-up: file listing, caching, first fill of the buffers
+  next(it)
+  t0 = time.perf_counter()
+  for _ in range(num_batches):
+    next(it)
+  return num_batches * config.train.global_batch / (time.perf_counter() - t0)
+
+
+def time_train_step(config, steps: int, warmup: int):
+  """Images/s of the pretraining step on a synthetic batch on the devices.
+
+  Returns:
+    (images_per_sec, compile_seconds).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
+  from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh()
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  batch = config.train.global_batch
+  sched = config_lib.Schedule(steps_per_epoch=1, total_steps=10 ** 6,
+                              warmup_steps=0, peak_lr=1e-3)
+  _, _, _, state, step_fn = train.build_pretrain(config, 10, sched, mesh)
+  size, views = config.data.image_size, config.aug.num_views
+  rng = np.random.default_rng(0)
+  host = {"images": rng.uniform(size=(batch, views, size, size, 3)).astype(
+      np.float32), "labels": rng.integers(0, 10, batch).astype(np.int32)}
+  device_batch = parallel.host_to_global(mesh, host)
+  t0 = time.perf_counter()
+  state, metrics = step_fn(state, device_batch)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    state, metrics = step_fn(state, device_batch)
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step_fn(state, device_batch)
+  jax.block_until_ready(metrics)
+  return steps * batch / (time.perf_counter() - t0), compile_s
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  config = FLAGS.config
+  tmp = None
+  if FLAGS.sample_jpegs:
+    tmp = tempfile.TemporaryDirectory()
+    config.data.source = "folder"
+    config.data.data_dir = write_sample_jpeg_folder(tmp.name,
+                                                    FLAGS.sample_copies)
+    config.data.train_split, config.data.eval_split = "train", "test"
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+        f"host CPUs: {os.cpu_count()}")
+  print(f"config: source={config.data.source} image_size="
+        f"{config.data.image_size} views={config.aug.num_views} "
+        f"blur={config.aug.blur} depth={config.model.depth} "
+        f"width={config.model.width} global_batch={config.train.global_batch}")
+  if not FLAGS.skip_input:
+    ips = time_input(config, FLAGS.input_batches)
+    print(f"input pipeline: {ips:.1f} images/s "
+          f"({ips * config.aug.num_views:.1f} views/s)")
+  if not FLAGS.skip_train:
+    ips, compile_s = time_train_step(config, FLAGS.steps, FLAGS.warmup_steps)
+    print(f"train step: {ips:.1f} images/s "
+          f"(compile + first step {compile_s:.1f} s)")
+  if tmp is not None:
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,150 @@
+"""Validation of a ConfigDict and the values derived from it.
+
+Everything here is pure: no files are read and no devices are touched, so a
+bad config fails in milliseconds, before any data is loaded or compiled.
+"""
+
+import dataclasses
+import math
+from typing import Optional
+
+import ml_collections
+
+from simclr_jax import losses
+from simclr_jax import optim
+
+MODES = ("pretrain", "linear_eval", "finetune", "distill")
+SOURCES = ("digits", "tfds", "folder")
+DEPTHS = (18, 34, 50, 101, 152, 200)
+STEMS = ("cifar", "imagenet", "auto")
+DTYPES = ("float32", "bfloat16")
+# Total downsampling of the encoder; the last stage must keep >= 1 pixel.
+_STEM_DOWNSAMPLE = {"cifar": 8, "imagenet": 32}
+
+
+def _fail(field: str, value, allowed: str) -> None:
+  raise ValueError(f"config.{field}={value!r} is invalid: {allowed}")
+
+
+def _check_in(config, field: str, allowed) -> None:
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  if value not in allowed:
+    _fail(field, value, f"allowed values are {tuple(allowed)}")
+
+
+def resolve_stem(config: ml_collections.ConfigDict) -> str:
+  """Returns the stem to build: the configured one, or by image size for 'auto'."""
+  if config.model.stem != "auto":
+    return config.model.stem
+  small = config.data.image_size <= config.model.auto_stem_max_size
+  return "cifar" if small else "imagenet"
+
+
+def validate(config: ml_collections.ConfigDict,
+             num_devices: Optional[int] = None,
+             num_processes: int = 1) -> None:
+  """Checks a config; raises ValueError naming the field, value and what is allowed.
+
+  Args:
+    config: the full configuration.
+    num_devices: global device count; when given, batch divisibility is checked.
+    num_processes: number of processes (hosts) sharing the run.
+  """
+  _check_in(config, "mode", MODES)
+  _check_in(config, "data.source", SOURCES)
+  if config.data.source == "tfds" and not config.data.name:
+    _fail("data.name", config.data.name, "a TFDS builder name is required "
+          "when data.source='tfds'")
+  if config.data.source == "folder" and not config.data.data_dir:
+    _fail("data.data_dir", config.data.data_dir, "the image-folder root is "
+          "required when data.source='folder'")
+  _check_in(config, "model.depth", DEPTHS)
+  _check_in(config, "model.stem", STEMS)
+  _check_in(config, "model.dtype", DTYPES)
+  if not isinstance(config.model.width, int) or config.model.width < 1:
+    _fail("model.width", config.model.width, "a positive integer is required")
+  if config.model.head_layers < 1:
+    _fail("model.head_layers", config.model.head_layers, "must be >= 1")
+  if not 0 <= config.model.sup_head_from <= config.model.head_layers:
+    _fail("model.sup_head_from", config.model.sup_head_from,
+          f"must be in [0, model.head_layers={config.model.head_layers}]")
+  _check_in(config, "loss.name", losses.LOSSES)
+  if config.loss.temperature <= 0:
+    _fail("loss.temperature", config.loss.temperature, "must be > 0")
+  _check_in(config, "loss.supcon_variant", ("out", "in"))
+  _check_in(config, "optim.name", optim.OPTIMIZERS)
+  _check_in(config, "optim.lr_scaling", optim.LR_SCALINGS)
+  if config.optim.base_lr <= 0:
+    _fail("optim.base_lr", config.optim.base_lr, "must be > 0")
+  if not 2 <= config.aug.num_views <= 16:
+    _fail("aug.num_views", config.aug.num_views, "must be in [2, 16]")
+  if config.train.steps <= 0 and config.train.epochs <= 0:
+    _fail("train.epochs", config.train.epochs,
+          "must be > 0 unless train.steps > 0")
+  for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+    if config.train[field] < 1:
+      _fail(f"train.{field}", config.train[field], "must be >= 1")
+  stem = resolve_stem(config)
+  min_size = _STEM_DOWNSAMPLE[stem]
+  if config.data.image_size < min_size:
+    _fail("data.image_size", config.data.image_size,
+          f"the {stem} stem downsamples by {min_size}: use at least {min_size} px")
+  batch = config.train.global_batch
+  if batch < 1:
+    _fail("train.global_batch", batch, "must be >= 1")
+  if batch % num_processes:
+    _fail("train.global_batch", batch,
+          f"must be divisible by the number of processes ({num_processes})")
+  if num_devices is not None:
+    if batch % num_devices:
+      _fail("train.global_batch", batch,
+            f"must be divisible by the number of devices ({num_devices})")
+    if config.eval.batch_size % num_devices:
+      _fail("eval.batch_size", config.eval.batch_size,
+            f"must be divisible by the number of devices ({num_devices})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Step counts and learning rate derived from a config and a dataset size."""
+  steps_per_epoch: int
+  total_steps: int
+  warmup_steps: int
+  peak_lr: float
+
+
+def derive_schedule(config: ml_collections.ConfigDict,
+                    num_train_examples: int) -> Schedule:
+  """Converts epochs (or steps) to step counts and scales the learning rate.
+
+  Args:
+    config: the full configuration.
+    num_train_examples: examples in the training split (all processes).
+
+  Returns:
+    A `Schedule`.
+  """
+  batch = config.train.global_batch
+  if num_train_examples < batch:
+    _fail("train.global_batch", batch, f"exceeds the {num_train_examples} "
+          "training examples (the last partial batch is dropped)")
+  steps_per_epoch = num_train_examples // batch
+  if config.train.steps > 0:
+    total = int(config.train.steps)
+  else:
+    total = int(math.ceil(config.train.epochs * steps_per_epoch))
+  warmup = int(round(config.optim.warmup_epochs * steps_per_epoch))
+  peak = optim.scaled_learning_rate(config.optim.base_lr, batch,
+                                    config.optim.lr_scaling)
+  return Schedule(steps_per_epoch, total, warmup, peak)
+
+
+def is_time(step: int, every: int, total_steps: int) -> bool:
+  """True when `step` (1-based, just finished) is a multiple of `every` or the last.
+
+  The one place that decides when to log, evaluate and checkpoint, so the
+  intervals cannot drift apart.
+  """
+  return step == total_steps or (every > 0 and step % every == 0)

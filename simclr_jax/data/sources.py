@@ -1,0 +1,426 @@
+"""Dataset sources: scikit-learn digits, TFDS builders and image folders.
+
+A source answers three questions for the pipeline: how big each split is and
+how it is divided among processes (`dataset_info`, `shard_sizes`), what the
+labels of a split are (`load_labels`), and what this process's examples are.
+The examples come either as a `Table` held for random access (digits, image
+folders, and TFDS when `data.cache` is set) or, for large TFDS datasets, as a
+stream of encoded records (`tfds_records`). Nothing here downloads anything.
+
+Example index i of a split is the i-th example in the split's canonical
+order: the `train_test_split` order for digits, sorted (class, file name) for
+folders, and the TFDS file order for TFDS (read with no interleaving).
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+SOURCES = ("digits", "tfds", "folder")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+DIGITS_SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the training code needs to know about a dataset.
+
+  Attributes:
+    num_examples: examples per split, for the configured train and eval splits.
+    num_classes: number of classes.
+    image_shape: shape of a stored image (None for a side that varies); for
+      digits the native 8 x 8 x 3.
+  """
+  num_examples: Dict[str, int]
+  num_classes: int
+  image_shape: Tuple[Optional[int], Optional[int], int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """This process's examples of a split, held in memory for random access.
+
+  Attributes:
+    kind: 'pixels' (uint8 or float32 [n, H, W, 3]), 'encoded' (PNG/JPEG bytes
+      [n]) or 'paths' (file names [n]).
+    data: the per-example data described by `kind`.
+    labels: int32 [n].
+    ids: int64 [n], the index of each row in the whole split.
+  """
+  kind: str
+  data: np.ndarray
+  labels: np.ndarray
+  ids: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+  raise ValueError(f"{field} = {value!r} is invalid: {allowed}.")
+
+
+def is_random_access(data_cfg: Any) -> bool:
+  """True when the source is read as a `Table` (not streamed from TFDS).
+
+  Args:
+    data_cfg: the `config.data` ConfigDict.
+
+  Returns:
+    False only for TFDS with `data.cache` off.
+  """
+  return data_cfg.source != "tfds" or bool(data_cfg.cache)
+
+
+def check_data_config(data_cfg: Any) -> None:
+  """Validates source, TFDS name, data_dir and split names (no reading).
+
+  Args:
+    data_cfg: the `config.data` ConfigDict.
+
+  Raises:
+    ValueError: naming the invalid field, its value and what is allowed.
+  """
+  if data_cfg.source not in SOURCES:
+    _fail("data.source", data_cfg.source, f"allowed {SOURCES}")
+  if int(data_cfg.image_size) <= 0:
+    _fail("data.image_size", data_cfg.image_size, "must be positive")
+  if data_cfg.source == "digits":
+    for field in ("train_split", "eval_split"):
+      if data_cfg[field] not in DIGITS_SPLITS:
+        _fail(f"data.{field}", data_cfg[field],
+              f"digits splits are {DIGITS_SPLITS}")
+    if not 0 < data_cfg.digits_test_fraction < 1:
+      _fail("data.digits_test_fraction", data_cfg.digits_test_fraction,
+            "allowed (0, 1)")
+    return
+  if data_cfg.source == "folder" and not data_cfg.data_dir:
+    _fail("data.data_dir", data_cfg.data_dir, "the image-folder root is "
+          "required for data.source='folder'")
+  if data_cfg.data_dir and not tf.io.gfile.isdir(data_cfg.data_dir):
+    _fail("data.data_dir", data_cfg.data_dir, "no such directory")
+  if data_cfg.source == "tfds":
+    base = str(data_cfg.name).split("/")[0].split(":")[0]
+    # Registered builders only; nothing is downloaded to answer this.
+    if base not in tfds.list_builders(with_community_datasets=False):
+      _fail("data.name", data_cfg.name, "not a registered TFDS builder")
+
+
+# ---------------------------------------------------------------- digits ---
+
+
+@functools.lru_cache(maxsize=4)
+def _digits(test_fraction: float, split_seed: int,
+            size: int) -> Dict[str, Any]:
+  """The fixed stratified digits split, upscaled once to `size`.
+
+  Returns {'train': (images, labels), 'test': (images, labels),
+  'native_shape': (8, 8, 3)}.
+  """
+  # Imported here so that scikit-learn is needed only by the digits source.
+  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets as sk_datasets
+  from sklearn import model_selection
+  # pylint: enable=g-import-not-at-top
+  digits = sk_datasets.load_digits()
+  labels = digits.target.astype(np.int32)
+  train_idx, test_idx = model_selection.train_test_split(
+      np.arange(len(labels)), test_size=test_fraction,
+      random_state=split_seed, stratify=labels)
+  # Raw values are 0..16; scale to [0, 1] and make three channels.
+  images = (digits.images / digits.images.max()).astype(np.float32)
+  images = np.repeat(images[..., None], 3, axis=-1)
+  images = tf.image.resize(images, [size, size],
+                           method=tf.image.ResizeMethod.BICUBIC)
+  images = np.clip(images.numpy(), 0.0, 1.0)
+  out = {"native_shape": (*digits.images.shape[1:], 3)}
+  for name, idx in zip(DIGITS_SPLITS, (train_idx, test_idx)):
+    split_images, split_labels = images[idx], labels[idx]
+    split_images.flags.writeable = False
+    split_labels.flags.writeable = False
+    out[name] = (split_images, split_labels)
+  return out
+
+
+def _digits_split(data_cfg: Any, split: str) -> Any:
+  if split not in DIGITS_SPLITS + ("native_shape",):
+    _fail("split", split, f"digits splits are {DIGITS_SPLITS}")
+  return _digits(float(data_cfg.digits_test_fraction),
+                 int(data_cfg.digits_split_seed),
+                 int(data_cfg.image_size))[split]
+
+
+# ---------------------------------------------------------------- folder ---
+
+
+def _list_dirs(path: str) -> List[str]:
+  return sorted(d.rstrip("/") for d in tf.io.gfile.listdir(path)
+                if tf.io.gfile.isdir(os.path.join(path, d)))
+
+
+def _folder_classes(data_cfg: Any) -> List[str]:
+  split_dir = os.path.join(data_cfg.data_dir, data_cfg.train_split)
+  if not tf.io.gfile.isdir(split_dir):
+    _fail("data.train_split", data_cfg.train_split,
+          f"no directory {split_dir}")
+  classes = _list_dirs(split_dir)
+  if not classes:
+    _fail("data.train_split", data_cfg.train_split,
+          f"no class sub-directories in {split_dir}")
+  return classes
+
+
+def _folder_files(data_cfg: Any, split: str) -> Tuple[List[str], np.ndarray]:
+  """Image paths of a split sorted by (class, name), and their labels."""
+  classes = _folder_classes(data_cfg)
+  split_dir = os.path.join(data_cfg.data_dir, split)
+  if not tf.io.gfile.isdir(split_dir):
+    _fail("split", split, f"no directory {split_dir}")
+  paths, labels = [], []
+  for name in _list_dirs(split_dir):
+    if name not in classes:
+      _fail("split", split, f"class directory {name!r} is not one of the "
+            f"classes of data.train_split ({classes})")
+    class_dir = os.path.join(split_dir, name)
+    files = sorted(f for f in tf.io.gfile.listdir(class_dir)
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    paths += [os.path.join(class_dir, f) for f in files]
+    labels += [classes.index(name)] * len(files)
+  return paths, np.asarray(labels, np.int32)
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+  """Decodes PNG/JPEG bytes to three channels.
+
+  Args:
+    encoded: scalar string tensor.
+
+  Returns:
+    uint8 [H, W, 3].
+  """
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  return tf.ensure_shape(image, [None, None, 3])
+
+
+def _read_pixels_or_bytes(paths: List[str]) -> Tuple[str, np.ndarray]:
+  """Reads files; decoded uint8 pixels if all share a shape, else the bytes."""
+  encoded = np.asarray([tf.io.gfile.GFile(p, "rb").read() for p in paths],
+                       dtype=object)
+  decoded = [decode_image(e).numpy() for e in encoded]
+  if len({d.shape for d in decoded}) <= 1 and decoded:
+    return "pixels", np.stack(decoded)
+  return "encoded", encoded
+
+
+# ------------------------------------------------------------------ tfds ---
+
+
+def tfds_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `data.name` in `data.data_dir` (no download).
+
+  Args:
+    data_cfg: the `config.data` ConfigDict.
+
+  Returns:
+    The builder ('' data_dir means the TFDS default).
+  """
+  return tfds.builder(data_cfg.name, data_dir=data_cfg.data_dir or None)
+
+
+def tfds_local_split(split: str, process_index: int, process_count: int):
+  """This process's contiguous, disjoint part of a TFDS split.
+
+  Args:
+    split: TFDS split string (may itself be a slice such as 'train[:90%]').
+    process_index: this process.
+    process_count: number of processes.
+
+  Returns:
+    A split specification accepted by `builder.as_dataset`.
+  """
+  return tfds.even_splits(split, n=process_count)[process_index]
+
+
+def tfds_records(data_cfg: Any, builder: tfds.core.DatasetBuilder, split: Any,
+                 ordered: bool, shuffle_seed: Optional[int] = None):
+  """(encoded image, int32 label) records of a TFDS split, images undecoded.
+
+  Args:
+    data_cfg: the `config.data` ConfigDict (image_key, label_key, name).
+    builder: the TFDS builder.
+    split: a split name or slice (e.g. from `tfds_local_split`).
+    ordered: read in canonical order (no file shuffling or interleaving).
+    shuffle_seed: file-shuffling seed when not `ordered`.
+
+  Returns:
+    A `tf.data.Dataset` of (bytes, int32) pairs.
+  """
+  if ordered:
+    read_config = tfds.ReadConfig(interleave_cycle_length=1)
+  else:
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed)
+  try:
+    ds = builder.as_dataset(
+        split=split, shuffle_files=not ordered, read_config=read_config,
+        decoders={data_cfg.image_key: tfds.decode.SkipDecoding()})
+  except AssertionError as e:  # TFDS's "could not find data" error.
+    raise ValueError(f"data.name = {data_cfg.name!r}: the dataset is not "
+                     f"prepared in data.data_dir = {data_cfg.data_dir!r} "
+                     f"({e})") from e
+  image_key, label_key = data_cfg.image_key, data_cfg.label_key
+  return ds.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
+
+
+def _tfds_count(data_cfg: Any, builder: tfds.core.DatasetBuilder,
+                split: Any) -> int:
+  try:
+    return int(builder.info.splits[split].num_examples)
+  except KeyError:
+    pass  # No split metadata (e.g. under tfds.testing.mock_data).
+  n = int(tfds_records(data_cfg, builder, split, ordered=True).cardinality())
+  if n < 0:
+    _fail("data.name", data_cfg.name, f"unknown size of split {split!r}")
+  return n
+
+
+def _tfds_table(data_cfg: Any, process_index: int, process_count: int,
+                split: str) -> Table:
+  builder = tfds_builder(data_cfg)
+  sizes = _tfds_shard_sizes(data_cfg, builder, split, process_count)
+  n = sizes[process_index]
+  local = tfds_local_split(split, process_index, process_count)
+  ds = tfds_records(data_cfg, builder, local, ordered=True)
+  shape = builder.info.features[data_cfg.image_key].shape
+  if None not in shape[:2]:
+    # Fixed image shape: keep decoded pixels (no decoding per epoch).
+    ds = ds.map(lambda e, y: (tf.ensure_shape(decode_image(e),
+                                              (*shape[:2], 3)), y))
+  kind = "pixels" if None not in shape[:2] else "encoded"
+  start = sum(sizes[:process_index])
+  ids = np.arange(start, start + n, dtype=np.int64)
+  if n == 0:  # More processes than examples.
+    empty = np.zeros((0, *shape[:2], 3), np.uint8) if kind == "pixels" else (
+        np.zeros((0,), object))
+    return Table(kind, empty, np.zeros((0,), np.int32), ids)
+  data, labels = ds.batch(n).get_single_element()
+  return Table(kind, data.numpy(), labels.numpy(), ids)
+
+
+def _tfds_shard_sizes(data_cfg: Any, builder: tfds.core.DatasetBuilder,
+                      split: str, process_count: int) -> List[int]:
+  return [_tfds_count(data_cfg, builder, tfds_local_split(split, i,
+                                                          process_count))
+          for i in range(process_count)]
+
+
+# ------------------------------------------------------------ public API ---
+
+
+def dataset_info(data_cfg: Any) -> DatasetInfo:
+  """Split sizes, class count and image shape, without decoding images.
+
+  Args:
+    data_cfg: the `config.data` ConfigDict.
+
+  Returns:
+    A `DatasetInfo` for the configured train and eval splits.
+
+  Raises:
+    ValueError: for an invalid source, TFDS name, data_dir, key or split.
+  """
+  check_data_config(data_cfg)
+  splits = (data_cfg.train_split, data_cfg.eval_split)
+  if data_cfg.source == "digits":
+    counts = {s: len(_digits_split(data_cfg, s)[1]) for s in splits}
+    classes = np.unique(_digits_split(data_cfg, data_cfg.train_split)[1])
+    return DatasetInfo(counts, int(classes.size),
+                       _digits_split(data_cfg, "native_shape"))
+  if data_cfg.source == "folder":
+    counts = {s: len(_folder_files(data_cfg, s)[1]) for s in splits}
+    return DatasetInfo(counts, len(_folder_classes(data_cfg)), (None, None, 3))
+  builder = tfds_builder(data_cfg)
+  features = builder.info.features
+  for field in ("image_key", "label_key"):
+    if data_cfg[field] not in features:
+      _fail(f"data.{field}", data_cfg[field],
+            f"features of {data_cfg.name} are {sorted(features.keys())}")
+  counts = {s: _tfds_count(data_cfg, builder, s) for s in splits}
+  shape = features[data_cfg.image_key].shape
+  return DatasetInfo(counts, int(features[data_cfg.label_key].num_classes),
+                     (shape[0], shape[1], 3))
+
+
+def shard_sizes(data_cfg: Any, split: str, process_count: int) -> List[int]:
+  """Number of examples of `split` that each process reads.
+
+  Args:
+    data_cfg: the `config.data` ConfigDict.
+    split: split name.
+    process_count: number of processes.
+
+  Returns:
+    A list of `process_count` sizes summing to the split size.
+  """
+  check_data_config(data_cfg)
+  if data_cfg.source == "tfds":
+    return _tfds_shard_sizes(data_cfg, tfds_builder(data_cfg), split,
+                             process_count)
+  n = len(load_labels(data_cfg, split))
+  # Strided shards: process i owns examples i, i + P, i + 2P, ...
+  return [len(range(i, n, process_count)) for i in range(process_count)]
+
+
+def load_labels(data_cfg: Any, split: str) -> np.ndarray:
+  """Labels of the whole split in canonical order (e.g. for subsets).
+
+  Args:
+    data_cfg: the `config.data` ConfigDict.
+    split: split name.
+
+  Returns:
+    int32 [num_examples].
+  """
+  check_data_config(data_cfg)
+  if data_cfg.source == "digits":
+    return np.array(_digits_split(data_cfg, split)[1])
+  if data_cfg.source == "folder":
+    return _folder_files(data_cfg, split)[1]
+  ds = tfds_records(data_cfg, tfds_builder(data_cfg), split, ordered=True)
+  return np.fromiter(ds.map(lambda e, y: y).as_numpy_iterator(), np.int32)
+
+
+def load_table(data_cfg: Any, split: str, process_index: int,
+               process_count: int) -> Table:
+  """This process's examples of `split` for random access.
+
+  Digits and folders are divided among processes by stride (process i owns
+  examples i, i + P, ...), TFDS by contiguous `tfds.even_splits` slices.
+
+  Args:
+    data_cfg: the `config.data` ConfigDict.
+    split: split name.
+    process_index: this process.
+    process_count: number of processes.
+
+  Returns:
+    A `Table` of this process's rows.
+  """
+  check_data_config(data_cfg)
+  if data_cfg.source == "tfds":
+    return _tfds_table(data_cfg, process_index, process_count, split)
+  if data_cfg.source == "digits":
+    images, labels = _digits_split(data_cfg, split)
+    kind, data = "pixels", images
+  else:
+    paths, labels = _folder_files(data_cfg, split)
+    kind, data = "paths", np.asarray(paths, dtype=object)
+  ids = np.arange(len(labels), dtype=np.int64)[process_index::process_count]
+  data, labels = data[ids], labels[ids]
+  if kind == "paths" and data_cfg.cache:
+    kind, data = _read_pixels_or_bytes(list(data))
+  return Table(kind, data, labels, ids)
