@@ -175,11 +175,12 @@ def test_nan_names_the_step_and_keeps_earlier_checkpoints(
         _load(tmp_path, step)) if np.issubdtype(x.dtype, np.inexact))
 
 
-def test_checkpoint_of_another_model_is_refused_then_moved_aside(
-    reference, tmp_path, monkeypatch):
+def test_checkpoint_of_another_model_is_refused(reference, tmp_path,
+                                                monkeypatch):
   ref_dir, _ = reference
   shutil.copytree(os.path.join(ref_dir, ckpt_lib.CHECKPOINT_SUBDIR),
                   tmp_path / ckpt_lib.CHECKPOINT_SUBDIR)
+  before = _digest(tmp_path)
   config = _config(steps=1)
   config.model.base_widths = (8, 16, 32, 48)
   with pytest.raises(ValueError) as err:
@@ -187,15 +188,26 @@ def test_checkpoint_of_another_model_is_refused_then_moved_aside(
   message = str(err.value)
   assert "config.train.start_over=True" in message
   assert "shape mismatch at params/encoder" in message and "(48,)" in message
-  assert _steps(tmp_path) == [STEPS]  # refused: untouched
-  config.train.start_over = True
-  scalars = _run(config, tmp_path, monkeypatch)
-  assert sorted(scalars) == [1]
-  assert _steps(tmp_path) == [1]
+  assert _digest(tmp_path) == before  # refused: nothing touched
+
+
+def test_start_over_moves_another_model_aside(reference, tmp_path):
+  ref_dir, _ = reference
+  src = os.path.join(ref_dir, ckpt_lib.CHECKPOINT_SUBDIR)
+  shutil.copytree(src, tmp_path / ckpt_lib.CHECKPOINT_SUBDIR)
+  stored = _load(ref_dir, STEPS)
+  # Same model: resumed even with start_over (a requeued job keeps progress).
+  ckpt, start = ckpt_lib.open_for_resume(str(tmp_path), 3, stored, True)
+  ckpt.close()
+  assert start == STEPS
+  other = jax.tree.map(lambda x: np.zeros(x.shape + (2,), x.dtype), stored)
+  with pytest.raises(ValueError, match="start_over=True"):
+    ckpt_lib.open_for_resume(str(tmp_path), 3, other, False)
+  ckpt, start = ckpt_lib.open_for_resume(str(tmp_path), 3, other, True)
+  assert start == 0 and ckpt.all_steps() == []
+  ckpt.close()
   aside = [d for d in os.listdir(tmp_path) if ".replaced-" in d]
-  assert len(aside) == 1
-  assert os.listdir(tmp_path / aside[0]) and _digest(tmp_path / aside[0]) == (
-      _digest(os.path.join(ref_dir, ckpt_lib.CHECKPOINT_SUBDIR)))
+  assert len(aside) == 1 and _digest(tmp_path / aside[0]) == _digest(src)
 
 
 def _set(config, field, value):
@@ -228,7 +240,7 @@ def test_bad_config_messages(field, value, needle):
   assert needle in str(err.value)
 
 
-@pytest.mark.parametrize("value", [0.0, -0.5, 1.5, True])
+@pytest.mark.parametrize("value", [0.0, -0.5, 1.5])
 def test_label_fraction_outside_unit_interval(value):
   config = _config()
   config.data.label_fraction = 0.1
