@@ -42,7 +42,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
         # Partial step directories left by a kill during a save are never
-        # read; removing them on start keeps the workdir clean.
+        # read; they are removed before this manager's first save.
         cleanup_tmp_directories=True)
     # Naming the handler lets a fresh manager read item metadata (shapes)
     # before any restore, which the shape check needs.
