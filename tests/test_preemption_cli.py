@@ -5,6 +5,7 @@ Every child runs under a deadline and is killed if a test fails.
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -170,3 +171,58 @@ def test_sigterm_exit_status_then_kill9_mid_save_then_finish(tmp_path,
   assert ckpt_lib.Checkpointer(workdir, 3).latest_step() == latest + 2
   assert not _partial(ckpt_dir)
   assert killed_mid_save  # the kill hit a save in flight
+
+
+# Two processes of one jax.distributed run; process 1 gets the signal at
+# step 20, and both must agree on the step after which they stop.
+_TWO_PROCESSES = """
+import os, signal, sys, time
+import jax
+pid, port, signame = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2,
+                           process_id=pid)
+from simclr_jax import preemption
+with preemption.PreemptionGuard() as guard:
+  for step in range(1, 3000):
+    if step == 20 and pid == 1:
+      os.kill(os.getpid(), getattr(signal, signame))
+    stop = guard.should_stop(step, sync=step % 10 == 0)  # 'log' every 10
+    if stop:
+      print(f"stop at {step}: {stop}", flush=True)
+      break
+    time.sleep(0.01)
+jax.distributed.shutdown()
+"""
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("signame,first_step,reason", [
+    # Python handler: shared at the next 'log' step (20 is one).
+    ("SIGINT", 20, "SIGINT"),
+    # JAX's preemption notifier: agreed through the sync point, a few steps on.
+    ("SIGTERM", None, "SIGTERM (preemption notice)"),
+])
+def test_processes_agree_on_the_stop_step(tmp_path, children, signame,
+                                          first_step, reason):
+  port = str(_free_port())
+  logs = [str(tmp_path / f"p{i}.log") for i in range(2)]
+  for i in range(2):
+    children.append(_spawn(["-c", _TWO_PROCESSES, str(i), port, signame],
+                           logs[i]))
+  for proc in children:
+    assert proc.wait(timeout=DEADLINE_S) == 0
+  lines = []
+  for log in logs:
+    with open(log) as f:
+      lines.append([l for l in f.read().splitlines() if l.startswith("stop")])
+  steps = [int(l[0].split()[2].rstrip(":")) for l in lines]
+  assert steps[0] == steps[1] >= 20, lines
+  if first_step is not None:
+    assert steps[0] == first_step
+  assert lines[1][0].endswith(reason)
