@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.cache = True  # cache decoded images in memory (small datasets only)
   data.digits_test_fraction = 0.2  # digits: stratified held-out fraction
   data.digits_split_seed = 0  # digits: seed of the fixed train/test split
+  data.skip_corrupt = False  # folder: skip (and count) unreadable images instead of failing
 
   config.aug = aug = ml_collections.ConfigDict()
   aug.num_views = 2  # augmented views per image (2 = SimCLR)
@@ -90,6 +91,11 @@ def get_config() -> ml_collections.ConfigDict:
   train.checkpoint_every_steps = 500  # checkpoint interval (always at the end)
   train.keep_checkpoints = 3  # checkpoints kept in the workdir
   train.eval_every_steps = 0  # online evaluation interval (0 = only at end)
+  train.start_over = False  # move aside workdir checkpoints of a different model and start at step 0
+
+  config.init = init = ml_collections.ConfigDict()
+  init.checkpoint = ""  # linear_eval/finetune/distill: workdir of a pretraining run to start from
+  init.export = ""  # ... or an encoder export directory (one of the two is required)
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 256  # global batch of the evaluation passes

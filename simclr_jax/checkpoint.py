@@ -14,11 +14,14 @@ existing export is never left half-overwritten.
 import json
 import os
 import shutil
+import time
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 EXPORT_FORMAT = "simclr_jax.export/1"
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -37,7 +40,10 @@ class Checkpointer:
     """
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+        # Partial step directories left by a kill during a save are never
+        # read; they are removed before this manager's first save.
+        cleanup_tmp_directories=True)
     # Naming the handler lets a fresh manager read item metadata (shapes)
     # before any restore, which the shape check needs.
     self._manager = ocp.CheckpointManager(
@@ -213,3 +219,47 @@ def load_export(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   variables = ckptr.restore(var_dir, target)
   ckptr.close()
   return variables, meta
+
+
+def open_for_resume(workdir: str, keep: int, target: Any,
+                    start_over: bool = False) -> Tuple[Checkpointer, int]:
+  """Opens the workdir's checkpoints and checks that the newest fits `target`.
+
+  Args:
+    workdir: the run directory.
+    keep: number of most recent checkpoints kept.
+    target: pytree of arrays (or shape structs) of the configured model.
+    start_over: when the newest checkpoint does not fit `target`, move the
+      checkpoint directory aside (nothing is deleted) and start at step 0,
+      instead of refusing. Checkpoints that fit are always resumed, so a
+      requeued job never loses its progress.
+
+  Returns:
+    (checkpointer, step to resume from; 0 for a fresh start).
+
+  Raises:
+    ValueError: the newest checkpoint does not fit and `start_over` is off;
+      the message lists the mismatched leaves.
+  """
+  checkpointer = Checkpointer(workdir, keep)
+  step = checkpointer.latest_step()
+  if not step:
+    return checkpointer, 0
+  try:
+    check_shapes(checkpointer.item_shapes(step), target,
+                 f"checkpoint {checkpointer.directory}/{step}")
+  except ValueError as e:
+    if not start_over:
+      raise ValueError(
+          f"{e}\nThe workdir holds checkpoints of a different model. Use "
+          "another --workdir, or set config.train.start_over=True (now "
+          "False) to move them aside and start at step 0.") from None
+    checkpointer.close()
+    aside = f"{checkpointer.directory}.replaced-{int(time.time())}"
+    if jax.process_index() == 0:
+      os.rename(checkpointer.directory, aside)
+    multihost_utils.sync_global_devices("simclr_jax.start_over")
+    logging.warning("config.train.start_over: moved the checkpoints of a "
+                    "different model to %s; starting at step 0.", aside)
+    return Checkpointer(workdir, keep), 0
+  return checkpointer, step

@@ -14,6 +14,8 @@ from simclr_jax import losses
 from simclr_jax import optim
 
 MODES = ("pretrain", "linear_eval", "finetune", "distill")
+# Modes that start from a trained encoder (config.init.checkpoint or .export).
+MODES_FROM_ENCODER = ("linear_eval", "finetune", "distill")
 SOURCES = ("digits", "tfds", "folder")
 DEPTHS = (18, 34, 50, 101, 152, 200)
 STEMS = ("cifar", "imagenet", "auto")
@@ -53,6 +55,8 @@ def validate(config: ml_collections.ConfigDict,
     num_processes: number of processes (hosts) sharing the run.
   """
   _check_in(config, "mode", MODES)
+  _check_start(config)
+  _check_label_fractions(config)
   _check_in(config, "data.source", SOURCES)
   if config.data.source == "tfds" and not config.data.name:
     _fail("data.name", config.data.name, "a TFDS builder name is required "
@@ -104,6 +108,31 @@ def validate(config: ml_collections.ConfigDict,
     if config.eval.batch_size % num_devices:
       _fail("eval.batch_size", config.eval.batch_size,
             f"must be divisible by the number of devices ({num_devices})")
+
+
+def _check_start(config: ml_collections.ConfigDict) -> None:
+  """Modes that evaluate or tune an encoder need one to start from."""
+  if config.mode not in MODES_FROM_ENCODER:
+    return
+  init = config.get("init") or {}
+  if not (init.get("checkpoint") or init.get("export")):
+    _fail("init.checkpoint", init.get("checkpoint", ""),
+          f"mode {config.mode!r} starts from a trained encoder: set "
+          "config.init.checkpoint (a pretraining workdir) or "
+          "config.init.export (an export directory)")
+
+
+def _check_label_fractions(config: ml_collections.ConfigDict,
+                           prefix: str = "") -> None:
+  """Every field named *label_fraction, in any section, must be in (0, 1]."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      _check_label_fractions(value, f"{prefix}{key}.")
+    elif key.endswith("label_fraction") and not (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and
+        0 < value <= 1):
+      _fail(f"{prefix}{key}", value, "a fraction of the labels in (0, 1] "
+            "is required")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ multi-host JAX when asked, then hand the config to the library.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -28,6 +29,7 @@ def main(argv):
       "TPU") else None
   import jax  # pylint: disable=g-import-not-at-top
   from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from simclr_jax import preemption  # pylint: disable=g-import-not-at-top
   from simclr_jax import pretrain  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
@@ -36,10 +38,15 @@ def main(argv):
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
   os.makedirs(FLAGS.workdir, exist_ok=True)
-  if config.mode == "pretrain":
-    results = pretrain.run(config, FLAGS.workdir)
-  else:
-    raise ValueError(f"config.mode={config.mode!r} is not implemented yet")
+  try:
+    if config.mode == "pretrain":
+      results = pretrain.run(config, FLAGS.workdir)
+    else:
+      raise ValueError(f"config.mode={config.mode!r} is not implemented yet")
+  except preemption.Preempted as e:
+    # A distinct status so schedulers can requeue; rerunning resumes.
+    logging.warning("%s", e)
+    sys.exit(preemption.PREEMPTED_EXIT_CODE)
   if jax.process_index() == 0 and "probe" in results:
     print(f"linear probe top-1 accuracy on {config.data.eval_split}: "
           f"{results['probe']['top1']:.4f}")

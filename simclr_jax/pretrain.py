@@ -6,7 +6,7 @@ the batches an uninterrupted run would have seen.
 """
 
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import ml_collections
@@ -18,6 +18,7 @@ from simclr_jax import config as config_lib
 from simclr_jax import data as data_lib
 from simclr_jax import evaluate
 from simclr_jax import parallel
+from simclr_jax import preemption
 from simclr_jax import train
 
 
@@ -36,16 +37,32 @@ def evaluate_probe(config, model, state, mesh) -> Dict[str, float]:
   return evaluate.run_classifier_eval(step, state.variables, batches, mesh)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        guard: Optional[preemption.PreemptionGuard] = None) -> Dict[str, Any]:
   """Pretrains (or resumes) in `workdir` and returns the final results.
 
   Args:
     config: a validated configuration with mode 'pretrain'.
     workdir: directory for checkpoints, TensorBoard events and results.
+    guard: the signal handling (default: SIGTERM and SIGINT stop the run).
 
   Returns:
     The results dict also written to `<workdir>/pretrain_results.json`.
+
+  Raises:
+    preemption.Preempted: after a stop signal, once the checkpoint of the
+      current step is committed on every process.
+    preemption.NonFiniteError: at the first non-finite loss, gradient norm
+      or state about to be saved; no such checkpoint is written.
   """
+  guard = guard or preemption.PreemptionGuard()
+  with guard:  # Handlers are installed only while training.
+    return _run(config, workdir, guard)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str,
+         guard: preemption.PreemptionGuard) -> Dict[str, Any]:
+  """The body of `run`, with `guard`'s signal handlers installed."""
   mesh = parallel.make_mesh()
   config_lib.validate(config, jax.device_count(), jax.process_count())
   info = data_lib.dataset_info(config.data)
@@ -53,8 +70,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       config, info.num_examples[config.data.train_split])
   model, _, schedule, state, step_fn = train.build_pretrain(
       config, info.num_classes, sched, mesh)
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.train.keep_checkpoints)
-  start = checkpointer.latest_step() or 0
+  checkpointer, start = ckpt_lib.open_for_resume(
+      workdir, config.train.keep_checkpoints, state, config.train.start_over)
   if start:
     logging.info("Resuming from checkpoint at step %d in %s", start,
                  checkpointer.directory)
@@ -70,6 +87,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                total, sched.steps_per_epoch, sched.peak_lr, jax.device_count())
 
   pending, last_log_time, last_log_step = [], None, start
+  last_saved = start  # newest checkpoint known good, for error messages
   for step in range(start + 1, total + 1):
     batch = parallel.host_to_global(mesh, next(batches))
     if step == start + 1:
@@ -82,9 +100,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       last_log_time, last_log_step = time.time(), step
     else:
       state, metrics = step_fn(state, batch)
-    pending.append(metrics)
-    if config_lib.is_time(step, config.train.log_every_steps, total):
-      scalars = train.mean_metrics(pending)
+    pending.append((step, metrics))
+    log_now = config_lib.is_time(step, config.train.log_every_steps, total)
+    if log_now:
+      pending = jax.device_get(pending)  # the one host sync per log period
+      _check_finite(checkpointer, pending, None, step, last_saved)
+      scalars = train.mean_metrics([m for _, m in pending])
       pending = []
       now = time.time()
       if step > last_log_step:
@@ -94,8 +115,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
         scalars["eta_minutes"] = (total - step) / steps_per_s / 60
       last_log_time, last_log_step = now, step
       writer.write_scalars(step, scalars)
-    if config_lib.is_time(step, config.train.checkpoint_every_steps, total):
+    stop = guard.should_stop(step, sync=log_now)
+    if stop or config_lib.is_time(
+        step, config.train.checkpoint_every_steps, total):
+      _check_finite(checkpointer, pending, state, step, last_saved)
       checkpointer.save(step, state)
+      last_saved = step
+    if stop:
+      checkpointer.close()  # committed on every process before exiting
+      writer.flush()
+      logging.warning("Preempted (%s): checkpoint of step %d committed in %s;"
+                      " rerun the same command to resume.", stop, step,
+                      checkpointer.directory)
+      raise preemption.Preempted(step, stop)
 
   results = {"step": int(total), "config": config.to_dict()}
   if config.train.probe:
@@ -109,6 +141,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   writer.flush()
   evaluate.write_results(workdir, "pretrain_results", results)
   return results
+
+
+def _check_finite(checkpointer: ckpt_lib.Checkpointer,
+                  pending: List[Tuple[int, Dict[str, Any]]], state: Any,
+                  step: int, last_saved: int) -> None:
+  """Stops the run at a non-finite loss/grad norm (or state, when given).
+
+  Saves already started are committed first: they hold finite states.
+  """
+  guarded = [(s, {k: m[k] for k in preemption.GUARDED_METRICS if k in m})
+             for s, m in pending]
+  try:
+    preemption.check_finite_metrics(jax.device_get(guarded),
+                                    last_good=last_saved)
+    if state is not None:
+      preemption.check_finite_tree(state, step, last_good=last_saved)
+  except preemption.NonFiniteError:
+    checkpointer.close()
+    raise
 
 
 def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> Dict:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 SOURCES = ("digits", "tfds", "folder")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -189,8 +190,15 @@ def _folder_files(data_cfg: Any, split: str) -> Tuple[List[str], np.ndarray]:
     class_dir = os.path.join(split_dir, name)
     files = sorted(f for f in tf.io.gfile.listdir(class_dir)
                    if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+      _fail("data.data_dir", data_cfg.data_dir, f"class directory {class_dir} "
+            f"holds no images (files ending in {IMAGE_EXTENSIONS}); remove "
+            "it or add images")
     paths += [os.path.join(class_dir, f) for f in files]
     labels += [classes.index(name)] * len(files)
+  if not paths:
+    _fail("split", split, f"no images in {split_dir}: expected "
+          f"<class>/<image> files ending in {IMAGE_EXTENSIONS}")
   return paths, np.asarray(labels, np.int32)
 
 
@@ -205,6 +213,45 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
   """
   image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
   return tf.ensure_shape(image, [None, None, 3])
+
+
+def _readable(paths: List[str]) -> np.ndarray:
+  """Which files decode as images: one parallel decode pass, errors caught."""
+  paths_t = tf.constant(paths, tf.string)
+
+  def try_decode(i):
+    image = decode_image(tf.io.read_file(tf.gather(paths_t, i)))
+    return i, tf.shape(image)[0]  # forces the whole decode
+
+  ds = tf.data.Dataset.range(len(paths)).map(
+      try_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  ds = ds.apply(tf.data.experimental.ignore_errors())
+  ok = np.zeros(len(paths), bool)
+  for i, _ in ds.as_numpy_iterator():
+    ok[i] = True
+  return ok
+
+
+def _drop_unreadable(data_cfg: Any, paths: np.ndarray, labels: np.ndarray,
+                     ids: np.ndarray) -> Tuple[np.ndarray, ...]:
+  """Fails on corrupt or truncated files, or drops them when allowed.
+
+  Returns:
+    (paths, labels, ids) without the unreadable files.
+  """
+  ok = _readable(list(paths)) if len(paths) else np.ones(0, bool)
+  if ok.all():
+    return paths, labels, ids
+  bad = [str(p) for p in paths[~ok]]
+  shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more"
+                                if len(bad) > 5 else "")
+  if not data_cfg.get("skip_corrupt", False):
+    raise ValueError(f"{len(bad)} image file(s) cannot be decoded (corrupt or "
+                     f"truncated): {shown}. Replace or delete them, or set "
+                     "data.skip_corrupt=True (now False) to skip them.")
+  logging.warning("data.skip_corrupt: skipped %d of %d image files that "
+                  "cannot be decoded: %s", len(bad), len(paths), shown)
+  return paths[ok], labels[ok], ids[ok]
 
 
 def _read_pixels_or_bytes(paths: List[str]) -> Tuple[str, np.ndarray]:
@@ -421,6 +468,8 @@ def load_table(data_cfg: Any, split: str, process_index: int,
     kind, data = "paths", np.asarray(paths, dtype=object)
   ids = np.arange(len(labels), dtype=np.int64)[process_index::process_count]
   data, labels = data[ids], labels[ids]
+  if kind == "paths":
+    data, labels, ids = _drop_unreadable(data_cfg, data, labels, ids)
   if kind == "paths" and data_cfg.cache:
     kind, data = _read_pixels_or_bytes(list(data))
   return Table(kind, data, labels, ids)
