@@ -132,6 +132,11 @@ def initialize_from_flags(config: Optional[ml_collections.ConfigDict] = None
   dist = config.get("distributed") if config is not None else None
   kwargs = {}
   if dist is not None:
+    for field in ("initialization_timeout_s", "heartbeat_timeout_s"):
+      value = dist[field]
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"config.distributed.{field}={value!r} is invalid: "
+                         "a whole number of seconds >= 1 is required")
     kwargs = dict(initialization_timeout_s=dist.initialization_timeout_s,
                   heartbeat_timeout_s=dist.heartbeat_timeout_s)
   started = initialize(fl.coordinator_address, fl.num_processes,

@@ -262,3 +262,11 @@ def test_fingerprint_names_exactly_the_changed_field():
   moved = distributed.fingerprint(config, {"workdir": "elsewhere"})
   assert [k for k in base if base[k] != moved[k]] == ["<workdir>"]
   assert all(0 <= v < 2**31 for v in base.values())
+
+
+def test_bad_timeouts_are_named():
+  config = multihost_worker.tiny_config()
+  config.distributed.heartbeat_timeout_s = 0
+  with pytest.raises(ValueError,
+                     match=r"config.distributed.heartbeat_timeout_s=0"):
+    distributed.initialize_from_flags(config)
