@@ -101,4 +101,10 @@ def get_config() -> ml_collections.ConfigDict:
   ev.batch_size = 256  # global batch of the evaluation passes
   ev.knn_k = 200  # kNN monitor: neighbours
   ev.knn_temperature = 0.1  # kNN monitor: similarity temperature
+
+  # Multi-host runs; where each process connects is given by flags (see main.py).
+  config.distributed = dist = ml_collections.ConfigDict()
+  dist.initialization_timeout_s = 300  # wait this long for all processes to join
+  dist.heartbeat_timeout_s = 100  # a silent process is declared dead after this
+  dist.log_all_processes = False  # INFO logs from every process, not only process 0
   return config

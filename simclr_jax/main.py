@@ -12,11 +12,14 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from simclr_jax import distributed
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 flags.mark_flags_as_required(["config", "workdir"])
+distributed.define_flags()
 
 
 def main(argv):
@@ -27,6 +30,8 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")
   tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices(
       "TPU") else None
+  # Multi-host start-up comes before any other JAX use.
+  distributed.initialize_from_flags(FLAGS.config)
   import jax  # pylint: disable=g-import-not-at-top
   from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from simclr_jax import preemption  # pylint: disable=g-import-not-at-top

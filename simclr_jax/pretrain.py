@@ -16,6 +16,7 @@ from clu import metric_writers
 from simclr_jax import checkpoint as ckpt_lib
 from simclr_jax import config as config_lib
 from simclr_jax import data as data_lib
+from simclr_jax import distributed
 from simclr_jax import evaluate
 from simclr_jax import parallel
 from simclr_jax import preemption
@@ -65,6 +66,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   """The body of `run`, with `guard`'s signal handlers installed."""
   mesh = parallel.make_mesh()
   config_lib.validate(config, jax.device_count(), jax.process_count())
+  # Hosts started with different flags would hang in (or corrupt) collectives.
+  distributed.check_config_agreement(config, {"workdir": workdir})
   info = data_lib.dataset_info(config.data)
   sched = config_lib.derive_schedule(
       config, info.num_examples[config.data.train_split])
