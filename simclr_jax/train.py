@@ -177,6 +177,28 @@ def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
   return grads, new_stats, jax.lax.pmean(metrics, AXIS)
 
 
+def augment_on_device(batch: Dict[str, jax.Array], step: jax.Array,
+                      aug_cfg: Any, seed: int) -> Dict[str, jax.Array]:
+  """Flip/colour/grayscale/blur of this replica's cropped views, in JAX.
+
+  Called under `per_replica`. A fresh key per (step, device) keeps the
+  augmentation resumable without any host state.
+
+  Args:
+    batch: {'images': [n, V, H, W, 3] resized crops, ...}.
+    step: the train step (the state's, before the update).
+    aug_cfg: `config.aug`.
+    seed: augmentation seed.
+
+  Returns:
+    The batch with augmented images in [0, 1].
+  """
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step),
+                           jax.lax.axis_index(AXIS))
+  return dict(batch, images=augment_jax.augment_batch(key, batch["images"],
+                                                      aug_cfg))
+
+
 def pretrain_replica_step(state: TrainState, batch: Dict[str, jax.Array], *,
                           model, tx, loss_cfg, probe: bool,
                           schedule: optax.Schedule, grad_chunks: int = 1,
@@ -201,12 +223,7 @@ def pretrain_replica_step(state: TrainState, batch: Dict[str, jax.Array], *,
     The new state and pmean'd scalar metrics.
   """
   if device_aug is not None:
-    # A fresh key per (step, device): resumable without any host state.
-    key = jax.random.fold_in(jax.random.fold_in(
-        jax.random.PRNGKey(aug_seed), state.step),
-                             jax.lax.axis_index(AXIS))
-    batch = dict(batch, images=augment_jax.augment_batch(
-        key, batch["images"], device_aug))
+    batch = augment_on_device(batch, state.step, device_aug, aug_seed)
   grads, batch_stats, metrics = pretrain_grads(
       state.params, state.batch_stats, batch, model=model, loss_cfg=loss_cfg,
       probe=probe, grad_chunks=grad_chunks)

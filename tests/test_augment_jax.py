@@ -133,3 +133,25 @@ def test_parameter_distribution_matches_reference_sampler():
   assert np.all(np.sort(params["order"], -1) == np.arange(4))
   assert params["sigma"].min() >= cfg.blur_sigma_min
   assert params["sigma"].max() <= cfg.blur_sigma_max
+
+
+def test_on_device_step_augmentation_keys_per_step_and_device():
+  """train.augment_on_device: key fold_in(fold_in(seed, step), device)."""
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
+  from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  cfg = imagenet.get_config().aug
+  mesh = parallel.make_mesh()
+  images = np.random.default_rng(2).uniform(
+      size=(8, 2, 16, 16, 3)).astype(np.float32)
+  fn = jax.jit(parallel.per_replica(
+      lambda b, s: train.augment_on_device(b, s, cfg, 5)["images"], mesh,
+      in_specs=(P(parallel.AXIS), P()), out_specs=P(parallel.AXIS)))
+  batch = parallel.host_to_global(mesh, {"images": images})
+  out = np.asarray(fn(batch, parallel.replicate(mesh, np.int32(7))))
+  for d in range(8):  # device d holds image d
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(5), 7), d)
+    ref = augment_jax.augment_batch(key, images[d:d + 1], cfg)
+    np.testing.assert_allclose(out[d:d + 1], ref, atol=1e-6)
+  other = np.asarray(fn(batch, parallel.replicate(mesh, np.int32(8))))
+  assert np.abs(other - out).max() > 1e-2  # a new step draws new parameters
