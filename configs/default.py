@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.digits_test_fraction = 0.2  # digits: stratified held-out fraction
   data.digits_split_seed = 0  # digits: seed of the fixed train/test split
   data.skip_corrupt = False  # folder: skip (and count) unreadable images instead of failing
+  data.fast_jpeg = False  # JPEG sources: decode only each view's crop window, cheap blur (same distribution)
 
   config.aug = aug = ml_collections.ConfigDict()
   aug.num_views = 2  # augmented views per image (2 = SimCLR)
@@ -45,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   aug.blur_sigma_min = 0.1  # blur sigma range, pixels
   aug.blur_sigma_max = 2.0
   aug.blur_kernel_frac = 0.1  # blur kernel side as a fraction of the image side
+  aug.on_device = False  # pretraining: host only crops; flip/colour/grayscale/blur run in the train step
   aug.eval_crop_proportion = 1.0  # centre-crop fraction at eval (0.875 ImageNet)
 
   config.model = model = ml_collections.ConfigDict()
@@ -87,6 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.epochs = 100  # training length in epochs ...
   train.steps = 0  # ... or in steps when > 0 (overrides epochs)
   train.probe = True  # online linear probe on stop_gradient(h)
+  train.grad_chunks = 1  # gradient caching: chunks per device batch (1 = off; BN statistics per chunk)
   train.log_every_steps = 50  # console / TensorBoard metrics interval
   train.checkpoint_every_steps = 500  # checkpoint interval (always at the end)
   train.keep_checkpoints = 3  # checkpoints kept in the workdir

@@ -1,14 +1,30 @@
-"""Throughput benchmark: input-pipeline and train-step images/s for a config.
+"""Throughput and memory benchmark for a config.
 
   python -m simclr_jax.benchmark --config=configs/digits.py
   python -m simclr_jax.benchmark --config=configs/imagenet.py --sample_jpegs \
-      --config.train.global_batch=16 --steps=3
+      --config.train.global_batch=64 --skip_train \
+      --input_paths=reference,fast,on_device_host --repeats=5
+  python -m simclr_jax.benchmark --config=configs/digits.py --skip_input \
+      --flops
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m \
+      simclr_jax.benchmark --config=configs/digits.py --skip_input \
+      --skip_train --memory --grad_chunks=1,2,4,8
 
 The input pipeline is timed alone (host tf.data, all views augmented); the
 train step is timed alone on a batch already on the devices, so each figure
 says what that part can sustain. `--sample_jpegs` reads scikit-learn's bundled
 photos (427x640), JPEG-encoded into a temporary image folder, as an offline
-stand-in for ImageNet files.
+stand-in for ImageNet files. `--input_paths` times each host path in turn,
+`--repeats` times, and prints the median: `reference` (the official-semantics
+ops), `fast` (`data.fast_jpeg`) and `on_device_host` (the host half of
+`aug.on_device`: decode, crop and resize only).
+
+`--flops` adds the achieved FLOP/s of the step (XLA cost analysis / step
+time) next to a measured matmul rate in the model's dtype, and the step time
+of the same model's forward+backward with the loss replaced by a plain mean.
+`--memory` prints XLA's compiled temporary memory per device of the loss
+step (gradient of NT-Xent with respect to z) for `--memory_batches`, and of
+the whole train step for each `--grad_chunks`.
 """
 
 import os
@@ -31,6 +47,17 @@ flags.DEFINE_integer("sample_copies", 64,
                      "Copies of each sample photo in the JPEG folder.")
 flags.DEFINE_bool("skip_input", False, "Do not time the input pipeline.")
 flags.DEFINE_bool("skip_train", False, "Do not time the train step.")
+flags.DEFINE_list("input_paths", ["config"],
+                  "Host paths to time: config (as configured), reference, "
+                  "fast, on_device_host.")
+flags.DEFINE_integer("repeats", 1, "Timings per figure (the median is shown).")
+flags.DEFINE_bool("flops", False, "Achieved FLOP/s, matmul rate, mean-loss "
+                  "step.")
+flags.DEFINE_bool("memory", False, "Compiled temporary memory per device.")
+flags.DEFINE_list("memory_batches", ["4096", "16384", "65536"],
+                  "Global batches of the loss-memory table.")
+flags.DEFINE_list("grad_chunks", ["1", "2", "4"],
+                  "train.grad_chunks values of the train-step memory table.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -58,8 +85,21 @@ def write_sample_jpeg_folder(root: str, copies: int) -> str:
   return root
 
 
+INPUT_PATHS = {  # --input_paths name -> (data.fast_jpeg, aug.on_device)
+    "reference": (False, False), "fast": (True, False),
+    "on_device_host": (False, True)}
+
+
 def time_input(config, num_batches: int) -> float:
-  """Images/s of the host pretraining pipeline (all views augmented)."""
+  """Images/s of the host pretraining pipeline (all views augmented).
+
+  Args:
+    config: the full config (data, aug, train.global_batch, seed).
+    num_batches: timed batches, after two untimed ones.
+
+  Returns:
+    Images per second.
+  """
   from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   it = data_lib.make_pretrain_iterator(config.data, config.aug,
                                        config.train.global_batch, config.seed)
@@ -74,8 +114,13 @@ def time_input(config, num_batches: int) -> float:
 def time_train_step(config, steps: int, warmup: int):
   """Images/s of the pretraining step on a synthetic batch on the devices.
 
+  Args:
+    config: the full config.
+    steps: timed steps.
+    warmup: untimed steps after the compile.
+
   Returns:
-    (images_per_sec, compile_seconds).
+    (images_per_sec, compile_seconds, step_fn, state, device_batch).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -104,7 +149,19 @@ def time_train_step(config, steps: int, warmup: int):
   for _ in range(steps):
     state, metrics = step_fn(state, device_batch)
   jax.block_until_ready(metrics)
-  return steps * batch / (time.perf_counter() - t0), compile_s
+  return (steps * batch / (time.perf_counter() - t0), compile_s, step_fn,
+          state, device_batch)
+
+
+def _with_input_path(config, name: str):
+  if name == "config":
+    return config
+  if name not in INPUT_PATHS:
+    raise ValueError(f"--input_paths entry {name!r} is invalid: allowed "
+                     f"config, {', '.join(INPUT_PATHS)}.")
+  c = config.copy_and_resolve_references()
+  c.data.fast_jpeg, c.aug.on_device = INPUT_PATHS[name]
+  return c
 
 
 def main(argv):
@@ -125,13 +182,28 @@ def main(argv):
         f"blur={config.aug.blur} depth={config.model.depth} "
         f"width={config.model.width} global_batch={config.train.global_batch}")
   if not FLAGS.skip_input:
-    ips = time_input(config, FLAGS.input_batches)
-    print(f"input pipeline: {ips:.1f} images/s "
-          f"({ips * config.aug.num_views:.1f} views/s)")
+    for name in FLAGS.input_paths:
+      c = _with_input_path(config, name)
+      runs = [time_input(c, FLAGS.input_batches)
+              for _ in range(max(1, FLAGS.repeats))]
+      ips = sorted(runs)[len(runs) // 2]
+      print(f"input pipeline [{name}]: {ips:.1f} images/s "
+            f"({ips * config.aug.num_views:.1f} views/s), median of "
+            f"{len(runs)}: {', '.join(f'{r:.1f}' for r in runs)}")
   if not FLAGS.skip_train:
-    ips, compile_s = time_train_step(config, FLAGS.steps, FLAGS.warmup_steps)
+    ips, compile_s, step_fn, state, batch = time_train_step(
+        config, FLAGS.steps, FLAGS.warmup_steps)
     print(f"train step: {ips:.1f} images/s "
           f"(compile + first step {compile_s:.1f} s)")
+    if FLAGS.flops:
+      from simclr_jax import perf_report  # pylint: disable=g-import-not-at-top
+      perf_report.print_flops(config, step_fn, state, batch, ips,
+                              FLAGS.steps)
+  if FLAGS.memory:
+    from simclr_jax import perf_report  # pylint: disable=g-import-not-at-top
+    perf_report.print_loss_memory(config,
+                                  [int(b) for b in FLAGS.memory_batches])
+    perf_report.print_step_memory(config, [int(c) for c in FLAGS.grad_chunks])
   if tmp is not None:
     tmp.cleanup()
 

@@ -18,7 +18,9 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from simclr_jax import augment_jax
 from simclr_jax import config as config_lib
+from simclr_jax import gradcache
 from simclr_jax import losses
 from simclr_jax import optim
 from simclr_jax import parallel
@@ -108,7 +110,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
-                   *, model, loss_cfg, probe: bool
+                   *, model, loss_cfg, probe: bool, grad_chunks: int = 1
                    ) -> Tuple[Any, Any, Dict[str, jax.Array]]:
   """Gradients of the global-batch loss on one replica (called under `per_replica`).
 
@@ -119,6 +121,9 @@ def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
     model: the SimCLR model (BatchNorm bound to `AXIS`).
     loss_cfg: `config.loss`.
     probe: train the online linear probe on stop_gradient(h) as well.
+    grad_chunks: > 1 turns on gradient caching (`simclr_jax.gradcache`): the
+      images are processed in this many chunks, the loss still sees the whole
+      batch; BatchNorm statistics are then per chunk.
 
   Returns:
     (grads, new_batch_stats, metrics): gradients and metrics pmean'd over
@@ -126,27 +131,45 @@ def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
   """
   images, labels = batch["images"], batch["labels"]
   n, views = images.shape[:2]
+  gradcache.check_chunks(n, grad_chunks)
   # All views of all local images in one batch: BatchNorm statistics are then
   # global over every view on every device, as in the official code.
   x = images.reshape((n * views,) + images.shape[2:])
 
-  def loss_fn(params):
+  def forward(params, x):
     out, updates = model.apply({"params": params, "batch_stats": batch_stats},
                                x, train=True, mutable=["batch_stats"])
-    z = out["z"].reshape(n, views, -1)
+    outputs = {"z": out["z"]}
+    if probe:
+      outputs["logits"] = out["logits"]
+    return outputs, updates["batch_stats"]
+
+  def loss_of_outputs(outputs):
+    z = outputs["z"].reshape(n, views, -1)
     loss, metrics = contrastive_loss(loss_cfg, z, labels, AXIS)
     metrics = dict(metrics, contrastive_loss=loss)
     if probe:
       view_labels = jnp.repeat(labels, views)
-      probe_loss = cross_entropy(out["logits"], view_labels)
+      probe_loss = cross_entropy(outputs["logits"], view_labels)
       metrics["probe_loss"] = probe_loss
       metrics["probe_acc"] = jnp.mean(
-          jnp.argmax(out["logits"], -1) == view_labels)
+          jnp.argmax(outputs["logits"], -1) == view_labels)
       loss = loss + probe_loss
-    return loss, (updates["batch_stats"], dict(metrics, loss=loss))
+    return loss, dict(metrics, loss=loss)
 
-  (_, (new_stats, metrics)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(params)
+  if grad_chunks > 1:
+    # Chunks of whole images (all their views), in the order of x.
+    (_, metrics), grads, stats = gradcache.cached_value_and_grad(
+        forward, loss_of_outputs, params, x, grad_chunks)
+    new_stats = gradcache.mean_over_chunks(stats)
+  else:
+    def loss_fn(params):
+      outputs, stats = forward(params, x)
+      loss, metrics = loss_of_outputs(outputs)
+      return loss, (stats, metrics)
+
+    (_, (new_stats, metrics)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
   # Per-replica gradients are those of sum_d loss_d (pmap semantics): their
   # mean over replicas is the gradient of the global-batch loss.
   grads = jax.lax.pmean(grads, AXIS)
@@ -154,9 +177,32 @@ def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
   return grads, new_stats, jax.lax.pmean(metrics, AXIS)
 
 
+def augment_on_device(batch: Dict[str, jax.Array], step: jax.Array,
+                      aug_cfg: Any, seed: int) -> Dict[str, jax.Array]:
+  """Flip/colour/grayscale/blur of this replica's cropped views, in JAX.
+
+  Called under `per_replica`. A fresh key per (step, device) keeps the
+  augmentation resumable without any host state.
+
+  Args:
+    batch: {'images': [n, V, H, W, 3] resized crops, ...}.
+    step: the train step (the state's, before the update).
+    aug_cfg: `config.aug`.
+    seed: augmentation seed.
+
+  Returns:
+    The batch with augmented images in [0, 1].
+  """
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step),
+                           jax.lax.axis_index(AXIS))
+  return dict(batch, images=augment_jax.augment_batch(key, batch["images"],
+                                                      aug_cfg))
+
+
 def pretrain_replica_step(state: TrainState, batch: Dict[str, jax.Array], *,
                           model, tx, loss_cfg, probe: bool,
-                          schedule: optax.Schedule
+                          schedule: optax.Schedule, grad_chunks: int = 1,
+                          device_aug: Optional[Any] = None, aug_seed: int = 0
                           ) -> Tuple[TrainState, Dict[str, jax.Array]]:
   """One optimizer step on one replica (called under `per_replica`).
 
@@ -168,13 +214,19 @@ def pretrain_replica_step(state: TrainState, batch: Dict[str, jax.Array], *,
     loss_cfg: `config.loss`.
     probe: train the online linear probe as well.
     schedule: learning-rate schedule (for logging).
+    grad_chunks: gradient-caching chunks per device (1 = off).
+    device_aug: `config.aug` to augment the (cropped) views here, on the
+      device (`simclr_jax.augment_jax`); None when the host did it all.
+    aug_seed: seed of the on-device augmentation.
 
   Returns:
     The new state and pmean'd scalar metrics.
   """
+  if device_aug is not None:
+    batch = augment_on_device(batch, state.step, device_aug, aug_seed)
   grads, batch_stats, metrics = pretrain_grads(
       state.params, state.batch_stats, batch, model=model, loss_cfg=loss_cfg,
-      probe=probe)
+      probe=probe, grad_chunks=grad_chunks)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, learning_rate=schedule(state.step))
@@ -184,10 +236,18 @@ def pretrain_replica_step(state: TrainState, batch: Dict[str, jax.Array], *,
 
 
 def make_pretrain_step(model, tx, loss_cfg, probe: bool,
-                       schedule: optax.Schedule, mesh) -> Callable:
-  """Returns jit(shard_map(pretrain_replica_step)) with the state donated."""
+                       schedule: optax.Schedule, mesh, *, grad_chunks: int = 1,
+                       device_aug: Optional[Any] = None,
+                       aug_seed: int = 0) -> Callable:
+  """Returns jit(shard_map(pretrain_replica_step)) with the state donated.
+
+  Keyword arguments are those of `pretrain_replica_step` (gradient caching and
+  on-device augmentation; off by default).
+  """
   fn = functools.partial(pretrain_replica_step, model=model, tx=tx,
-                         loss_cfg=loss_cfg, probe=probe, schedule=schedule)
+                         loss_cfg=loss_cfg, probe=probe, schedule=schedule,
+                         grad_chunks=grad_chunks, device_aug=device_aug,
+                         aug_seed=aug_seed)
   mapped = parallel.per_replica(fn, mesh, in_specs=(P(), P(AXIS)),
                                 out_specs=(P(), P()))
   return jax.jit(mapped, donate_argnums=(0,))
@@ -200,6 +260,9 @@ def build_pretrain(config: ml_collections.ConfigDict, num_classes: int,
   Returns:
     (model, tx, schedule, state, step_fn).
   """
+  # Before any compile: chunks must divide the per-device batch.
+  gradcache.check_chunks(config.train.global_batch // mesh.size,
+                         config.train.get("grad_chunks", 1))
   model = build_model(model_config(config),
                       num_classes=num_classes if config.train.probe else 0,
                       axis_name=AXIS, sup_stop_gradient=True)
@@ -209,8 +272,11 @@ def build_pretrain(config: ml_collections.ConfigDict, num_classes: int,
   tx = optim.make_optimizer(config.optim, schedule)
   state = create_train_state(model, tx, config.data.image_size, config.seed,
                              mesh)
-  step_fn = make_pretrain_step(model, tx, config.loss, config.train.probe,
-                               schedule, mesh)
+  step_fn = make_pretrain_step(
+      model, tx, config.loss, config.train.probe, schedule, mesh,
+      grad_chunks=config.train.get("grad_chunks", 1),
+      device_aug=config.aug if config.aug.get("on_device", False) else None,
+      aug_seed=config.seed)
   return model, tx, schedule, state, step_fn
 
 

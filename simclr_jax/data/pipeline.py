@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_jax.data import augment
+from simclr_jax.data import fast
 from simclr_jax.data import sources
 
 Batch = Dict[str, np.ndarray]
@@ -81,9 +82,18 @@ def _to_float(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(image, tf.float32)
 
 
-def _fetcher(table: sources.Table) -> Callable[[tf.Tensor], Tuple[Any, Any]]:
-  """Row index -> (float32 [H, W, 3] image in [0, 1], int32 label)."""
+def _fetcher(table: sources.Table,
+             raw: bool = False) -> Callable[[tf.Tensor], Tuple[Any, Any]]:
+  """Row index -> (float32 [H, W, 3] image in [0, 1], int32 label).
+
+  With `raw`, encoded sources give the undecoded bytes instead (the fast
+  path decodes only what its crops need).
+  """
   labels = tf.constant(table.labels, tf.int32)
+  if raw and table.kind != "pixels":
+    data = tf.constant(list(table.data), tf.string)
+    read = tf.io.read_file if table.kind == "paths" else tf.identity
+    return lambda row: (read(tf.gather(data, row)), tf.gather(labels, row))
   if table.kind == "pixels":
     data = tf.constant(table.data)
     image_fn = lambda row: tf.gather(data, row)
@@ -118,9 +128,10 @@ def _check_indices(indices: Optional[np.ndarray], num_examples: int):
 
 
 def _table_stream(table: sources.Table, rows: np.ndarray, local_batch: int,
-                  seed: int, process_index: int, start_step: int):
+                  seed: int, process_index: int, start_step: int,
+                  raw: bool = False):
   """Infinite (image, label, augmentation key) stream over table rows."""
-  fetch = _fetcher(table)
+  fetch = _fetcher(table, raw)
   rows_t = tf.constant(rows, tf.int64)
   n = len(rows)
   epoch_len = n // local_batch * local_batch
@@ -142,7 +153,7 @@ def _table_stream(table: sources.Table, rows: np.ndarray, local_batch: int,
 
 def _tfds_epochs(data_cfg: Any, indices: Optional[np.ndarray],
                  local_batch: int, seed: int, process_index: int,
-                 process_count: int, start_step: int):
+                 process_count: int, start_step: int, raw: bool = False):
   """One (image, label, key) dataset per epoch, streamed from TFDS.
 
   Sizes are checked here, eagerly; the returned generator builds each
@@ -178,8 +189,9 @@ def _tfds_epochs(data_cfg: Any, indices: Optional[np.ndarray],
     ds = ds.shuffle(data_cfg.shuffle_buffer, seed=epoch_seed)
     # Skipped records are read but never decoded or augmented.
     ds = ds.take(epoch_len).enumerate(epoch * epoch_len).skip(skip)
-    return ds.map(lambda p, r: (_to_float(sources.decode_image(r[0])), r[1],
-                                _fold(aug_key, p)),
+    decode = (lambda e: e) if raw else (
+        lambda e: _to_float(sources.decode_image(e)))
+    return ds.map(lambda p, r: (decode(r[0]), r[1], _fold(aug_key, p)),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   def epochs():
@@ -205,7 +217,7 @@ def _batches(epochs, view_fn, size: int, local_batch: int) -> Iterator[Batch]:
 
 def _train_iterator(data_cfg, aug_cfg, global_batch, seed, start_step,
                     indices, process_index, process_count,
-                    view_fn) -> Iterator[Batch]:
+                    view_fn, raw: bool = False) -> Iterator[Batch]:
   """Shared body of the pretraining and supervised iterators."""
   sources.check_data_config(data_cfg)
   augment.check_aug_config(aug_cfg)
@@ -222,9 +234,10 @@ def _train_iterator(data_cfg, aug_cfg, global_batch, seed, start_step,
   if sources.is_random_access(data_cfg):
     table = sources.load_table(data_cfg, data_cfg.train_split, pi, pc)
     rows = _select_rows(table, indices, b)
-    epochs = _table_stream(table, rows, b, seed, pi, start_step)
+    epochs = _table_stream(table, rows, b, seed, pi, start_step, raw)
   else:
-    epochs = _tfds_epochs(data_cfg, indices, b, seed, pi, pc, start_step)
+    epochs = _tfds_epochs(data_cfg, indices, b, seed, pi, pc, start_step,
+                          raw)
   return _batches(epochs, view_fn, int(data_cfg.image_size), b)
 
 
@@ -247,17 +260,27 @@ def make_pretrain_iterator(data_cfg: Any, aug_cfg: Any, global_batch: int,
   Returns:
     Iterator of {'images': float32 [b, V, H, W, 3], 'labels': int32 [b]} with
     b = global_batch / process_count; the V views of an image are
-    independently augmented.
+    independently augmented. With `data.fast_jpeg` the views come from
+    `fast` (same distribution, JPEGs decoded only where cropped); with
+    `aug.on_device` they are only cropped and resized (unclipped), the rest
+    is done by the train step.
   """
   views = int(aug_cfg.num_views)
+  on_device = bool(aug_cfg.get("on_device", False))
+  use_fast = bool(data_cfg.get("fast_jpeg", False)) or on_device
 
   def view_fn(image, key, size):
+    if use_fast:  # bytes when the source is encoded, else decoded pixels
+      views_of = (fast.encoded_views if image.dtype == tf.string
+                  else fast.decoded_views)
+      return views_of(image, key, size, aug_cfg, on_device)
     keys = tf.random.experimental.stateless_split(key, views)
     return tf.stack([augment.preprocess_pretrain(image, keys[v], size, aug_cfg)
                      for v in range(views)])
 
   return _train_iterator(data_cfg, aug_cfg, global_batch, seed, start_step,
-                         None, process_index, process_count, view_fn)
+                         None, process_index, process_count, view_fn,
+                         raw=use_fast)
 
 
 def make_supervised_iterator(data_cfg: Any, aug_cfg: Any, global_batch: int,

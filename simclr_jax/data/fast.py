@@ -1,0 +1,227 @@
+"""Fast host path for SimCLR views: decode only the pixels the crops need.
+
+Same distribution as `augment.preprocess_pretrain` (indeed the same crop
+boxes and the same random choices for the same seed), with less work:
+
+* the crop boxes of all V views are sampled from the JPEG header's shape
+  (`tf.io.extract_jpeg_shape`), then only their bounding window is decoded
+  (`tf.io.decode_and_crop_jpeg`): rows below and columns beside every crop
+  are never decoded or colour-converted, and the image is decoded once for
+  all views;
+* the Gaussian blur runs only for the views selected for blur (as in the
+  reference) and only over taps whose weight is representable next to the
+  centre tap (|d| <= BLUR_TAIL_SIGMAS * sigma): the dropped taps are below
+  1e-8 of the centre, under float32 resolution of the normalised sum;
+* grayscale is three multiply-adds instead of a matrix product, and the
+  crop is resized from uint8 (one float scaling of the output instead of a
+  conversion of the whole decoded window);
+* with `on_device` the host stops after crop and resize and the rest runs
+  in JAX in the train step (`simclr_jax.augment_jax`).
+
+Sources that are not JPEG (PNG folders, decoded pixel tables) take the
+reference decode and the same per-view code.
+"""
+
+import functools
+from typing import Any, List
+
+import tensorflow as tf
+
+from simclr_jax.data import augment
+from simclr_jax.data import photometric
+from simclr_jax.data import sources
+
+# exp(-d^2 / (2 sigma^2)) < 1e-8 for |d| > 6.07 sigma: taps beyond carry no
+# float32-visible weight (the normalised centre tap is at least 0.2).
+BLUR_TAIL_SIGMAS = 6.1
+
+# tf.image.rgb_to_grayscale's luma weights.
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+Seed = tf.Tensor
+
+
+def view_seeds(key: Seed, views: int) -> List[List[Seed]]:
+  """Per view (crop, flip, colour, blur) seeds, as `preprocess_pretrain`.
+
+  Args:
+    key: int tensor of shape [2], the example's augmentation key.
+    views: number of views.
+
+  Returns:
+    views lists of four seeds.
+  """
+  keys = tf.random.experimental.stateless_split(key, views)
+  return [tf.unstack(tf.random.experimental.stateless_split(keys[v], 4))
+          for v in range(views)]
+
+
+def fast_blur(image: tf.Tensor, kernel_size: int,
+              sigma: tf.Tensor) -> tf.Tensor:
+  """`photometric.gaussian_blur` without the taps that round to zero.
+
+  Args:
+    image: float32 [H, W, C].
+    kernel_size: the reference's odd kernel side.
+    sigma: standard deviation in pixels.
+
+  Returns:
+    The blurred image (equal to the reference to float32 rounding).
+  """
+  radius = kernel_size // 2
+  needed = tf.cast(tf.math.ceil(BLUR_TAIL_SIGMAS * sigma), tf.int32)
+  taps = 2 * tf.minimum(needed, radius) + 1
+  # Normalise over the full reference kernel, so the weights are identical.
+  x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+  full = tf.exp(-tf.square(x) / (2.0 * tf.square(sigma)))
+  kernel = full[radius - taps // 2:radius + taps // 2 + 1] / tf.reduce_sum(
+      full)
+  channels = tf.shape(image)[-1]
+  blur_h = tf.tile(tf.reshape(kernel, [1, taps, 1, 1]), [1, 1, channels, 1])
+  blur_v = tf.tile(tf.reshape(kernel, [taps, 1, 1, 1]), [1, 1, channels, 1])
+  out = tf.nn.depthwise_conv2d(image[None], blur_h, [1, 1, 1, 1], "SAME")
+  out = tf.nn.depthwise_conv2d(out, blur_v, [1, 1, 1, 1], "SAME")
+  return tf.ensure_shape(out[0], image.shape)
+
+
+def to_grayscale(image: tf.Tensor) -> tf.Tensor:
+  """Luma grayscale as three equal channels, without a matrix product."""
+  w = GRAY_WEIGHTS
+  gray = image[..., 0:1] * w[0] + image[..., 1:2] * w[1] + image[..., 2:3] * w[2]
+  return tf.tile(gray, [1, 1, 3])
+
+
+FAST_COLOR_OPS = (photometric.adjust_brightness, photometric.adjust_contrast,
+                  photometric.adjust_saturation, photometric.adjust_hue)
+
+
+def color_distortion(image: tf.Tensor, seed: Seed, aug_cfg: Any) -> tf.Tensor:
+  """`photometric.random_color_distortion` with the faster ops (same seeds).
+
+  Args:
+    image: float32 [H, W, 3] in [0, 1].
+    seed: int tensor of shape [2].
+    aug_cfg: config with color_strength, color_prob and grayscale_prob.
+
+  Returns:
+    The distorted image in [0, 1].
+  """
+  apply_seed, jitter_seed, gray_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 3))
+
+  def jitter(image):
+    factors, order = photometric.sample_jitter(jitter_seed,
+                                               aug_cfg.color_strength)
+    for i in range(len(FAST_COLOR_OPS)):
+      branches = [functools.partial(op, image, factors[k])
+                  for k, op in enumerate(FAST_COLOR_OPS)]
+      image = tf.clip_by_value(tf.switch_case(order[i], branches), 0.0, 1.0)
+    return image
+
+  image = photometric.random_apply(jitter, aug_cfg.color_prob, apply_seed,
+                                   image)
+  return photometric.random_apply(to_grayscale, aug_cfg.grayscale_prob,
+                                  gray_seed, image)
+
+
+def finish_view(crop: tf.Tensor, seeds: List[Seed], size: int, aug_cfg: Any,
+                on_device: bool) -> tf.Tensor:
+  """Resize, then flip / colour / blur / clip (or only resize for on_device).
+
+  Args:
+    crop: the view's crop, uint8 [h, w, 3] or float32 in [0, 1].
+    seeds: the view's (crop, flip, colour, blur) seeds.
+    size: output side.
+    aug_cfg: the `config.aug` ConfigDict.
+    on_device: stop after the resize (the rest runs in the train step).
+
+  Returns:
+    float32 [size, size, 3].
+  """
+  _, flip_seed, color_seed, blur_seed = seeds
+  image = augment.resize(crop, size)
+  if crop.dtype == tf.uint8:
+    # Bicubic resize is linear: resize the uint8 crop, then scale to [0, 1].
+    image = image * (1.0 / 255.0)
+  image = tf.ensure_shape(image, [size, size, 3])
+  if on_device:
+    return image  # unclipped, as the reference before its photometric ops
+  image = augment.random_flip(image, flip_seed, aug_cfg.flip_prob)
+  image = color_distortion(image, color_seed, aug_cfg)
+  image = tf.ensure_shape(image, [size, size, 3])
+  if aug_cfg.blur:
+    apply_seed, sigma_seed = tf.unstack(
+        tf.random.experimental.stateless_split(blur_seed, 2))
+    kernel = photometric.blur_kernel_size(size, aug_cfg.blur_kernel_frac)
+    sigma = tf.random.stateless_uniform([], sigma_seed,
+                                        aug_cfg.blur_sigma_min,
+                                        aug_cfg.blur_sigma_max)
+    blur = functools.partial(fast_blur, kernel_size=kernel, sigma=sigma)
+    image = photometric.random_apply(blur, aug_cfg.blur_prob, apply_seed,
+                                     image)
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def decoded_views(image: tf.Tensor, key: Seed, size: int, aug_cfg: Any,
+                  on_device: bool = False) -> tf.Tensor:
+  """All views of an already decoded image.
+
+  Args:
+    image: uint8 [H, W, 3], or float32 in [0, 1] (e.g. cached pixels).
+    key: int tensor [2], the example's augmentation key.
+    size: output side.
+    aug_cfg: the `config.aug` ConfigDict.
+    on_device: only crop and resize.
+
+  Returns:
+    float32 [V, size, size, 3].
+  """
+  out = []
+  for seeds in view_seeds(key, int(aug_cfg.num_views)):
+    begin, box = augment.sample_crop_box(tf.shape(image), seeds[0], aug_cfg)
+    crop = tf.slice(image, begin, box)
+    out.append(finish_view(crop, seeds, size, aug_cfg, on_device))
+  return tf.stack(out)
+
+
+def _jpeg_views(encoded: tf.Tensor, key: Seed, size: int, aug_cfg: Any,
+                on_device: bool) -> tf.Tensor:
+  """Views of a JPEG, decoding only the union window of their crops."""
+  hw = tf.io.extract_jpeg_shape(encoded)[:2]
+  shape = tf.concat([hw, [3]], 0)
+  all_seeds = view_seeds(key, int(aug_cfg.num_views))
+  boxes = [augment.sample_crop_box(shape, s[0], aug_cfg) for s in all_seeds]
+  tops = tf.stack([b[0][:2] for b in boxes])  # [V, 2] (y, x)
+  ends = tf.stack([b[0][:2] + b[1][:2] for b in boxes])
+  lo, hi = tf.reduce_min(tops, 0), tf.reduce_max(ends, 0)
+  window = tf.io.decode_and_crop_jpeg(encoded, tf.concat([lo, hi - lo], 0),
+                                      channels=3)
+  out = []
+  for seeds, (begin, box) in zip(all_seeds, boxes):
+    crop = tf.slice(window, tf.concat([begin[:2] - lo, [0]], 0),
+                    tf.concat([box[:2], [3]], 0))
+    out.append(finish_view(crop, seeds, size, aug_cfg, on_device))
+  return tf.stack(out)
+
+
+def encoded_views(encoded: tf.Tensor, key: Seed, size: int, aug_cfg: Any,
+                  on_device: bool = False) -> tf.Tensor:
+  """All views of an encoded image; JPEGs decode only their crops' window.
+
+  Args:
+    encoded: scalar string tensor (JPEG or any `tf.io.decode_image` format).
+    key: int tensor [2], the example's augmentation key.
+    size: output side.
+    aug_cfg: the `config.aug` ConfigDict.
+    on_device: only crop and resize.
+
+  Returns:
+    float32 [V, size, size, 3].
+  """
+  views = int(aug_cfg.num_views)
+  out = tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: _jpeg_views(encoded, key, size, aug_cfg, on_device),
+      lambda: decoded_views(sources.decode_image(encoded), key,
+                            size, aug_cfg, on_device))
+  return tf.ensure_shape(out, [views, size, size, 3])

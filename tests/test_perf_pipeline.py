@@ -1,0 +1,137 @@
+"""Fast JPEG path and on-device augmentation against the reference pipeline."""
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import imagenet
+from simclr_jax import augment_jax
+from simclr_jax import benchmark
+from simclr_jax.data import augment
+from simclr_jax.data import fast
+from simclr_jax.data import photometric
+from simclr_jax.data import pipeline
+
+SIZE = 48
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("jpegs"))
+  return benchmark.write_sample_jpeg_folder(root, copies=BATCH // 2)
+
+
+def _config(folder, fast_jpeg=False, on_device=False):
+  config = imagenet.get_config()
+  config.data.source, config.data.data_dir = "folder", folder
+  config.data.eval_split = "test"
+  config.data.image_size = SIZE
+  config.data.fast_jpeg = fast_jpeg
+  config.aug.on_device = on_device
+  return config
+
+
+def _batches(config, num=2):
+  it = pipeline.make_pretrain_iterator(config.data, config.aug, BATCH, seed=3,
+                                       process_index=0, process_count=1)
+  return np.concatenate([next(it)["images"] for _ in range(num)])
+
+
+def _stats(views):
+  """Per-view colour statistics: channel means, contrast, saturation."""
+  flat = views.reshape(-1, views.shape[-3] * views.shape[-2], 3)
+  spread = flat.max(-1) - flat.min(-1)
+  return {"mean": flat.mean(1), "std": flat.std(1),
+          "sat": spread.mean(1), "gray": (spread.max(1) < 1e-6)}
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.7, 2.0])
+def test_fast_blur_and_grayscale_equal_reference(sigma):
+  image = tf.random.stateless_uniform([64, 64, 3], [1, 2])
+  ref = photometric.gaussian_blur(image, 13, tf.constant(sigma))
+  out = fast.fast_blur(image, 13, tf.constant(sigma))
+  np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-6)
+  np.testing.assert_allclose(fast.to_grayscale(image).numpy(),
+                             photometric.to_grayscale(image).numpy(),
+                             atol=1e-6)
+
+
+def test_crop_boxes_from_header_match_reference(folder):
+  """Same seeds, same boxes; areas and aspects in the configured ranges."""
+  config = _config(folder)
+  path = tf.io.gfile.glob(folder + "/train/*/*.jpg")[0]
+  encoded = tf.io.read_file(path)
+  decoded_shape = tf.shape(tf.io.decode_jpeg(encoded, channels=3))
+  hw = tf.io.extract_jpeg_shape(encoded)[:2]
+  header_shape = tf.concat([hw, [3]], 0)
+  areas, aspects = [], []
+  for i in range(200):
+    seed = tf.constant([i, 5], tf.int64)
+    b1, s1 = augment.sample_crop_box(header_shape, seed, config.aug)
+    b2, s2 = augment.sample_crop_box(decoded_shape, seed, config.aug)
+    np.testing.assert_array_equal(b1.numpy(), b2.numpy())
+    np.testing.assert_array_equal(s1.numpy(), s2.numpy())
+    h, w = s1.numpy()[:2]
+    areas.append(h * w / (427 * 640))
+    aspects.append(w / h)
+  areas, aspects = np.array(areas), np.array(aspects)
+  assert areas.min() >= 0.08 - 0.01 and areas.max() <= 1.0
+  # Integer rounding of the box moves the aspect slightly past the range.
+  assert aspects.min() >= 0.75 * 0.97 and aspects.max() <= 4 / 3 * 1.03
+
+
+def test_fast_views_match_reference_views(folder):
+  ref = _batches(_config(folder))
+  out = _batches(_config(folder, fast_jpeg=True))
+  assert out.shape == ref.shape == (2 * BATCH, 2, SIZE, SIZE, 3)
+  assert out.min() >= 0 and out.max() <= 1
+  # Same seeds give the same crops and photometric draws; only pixels at the
+  # decoded window's border may differ (JPEG chroma upsampling).
+  diff = np.abs(out - ref)
+  assert diff.mean() < 1e-4 and np.mean(diff > 1e-3) < 1e-2
+  rs, fs = _stats(ref), _stats(out)
+  for key in ("mean", "std", "sat"):
+    np.testing.assert_allclose(fs[key].mean(0), rs[key].mean(0), atol=1e-3)
+  np.testing.assert_array_equal(fs["gray"], rs["gray"])
+
+
+def test_on_device_host_part_is_the_reference_crop(folder):
+  """The host half of on-device augmentation: the resized crop, unclipped."""
+  config = _config(folder, on_device=True)
+  out = _batches(config, num=1)
+  # Row 0 of the first batch is stream position 0: its augmentation key.
+  key = pipeline._fold(pipeline._key(3, 0, pipeline._AUGMENT_SALT), 0)  # pylint: disable=protected-access
+  paths = [tf.io.gfile.glob(f"{folder}/train/photo{c}/*.jpg")[0]
+           for c in range(2)]
+  views = []
+  for candidate in paths:
+    image = tf.image.convert_image_dtype(
+        tf.io.decode_jpeg(tf.io.read_file(candidate), channels=3), tf.float32)
+    keys = tf.random.experimental.stateless_split(key, 2)
+    views.append(np.stack([augment.random_resized_crop(
+        image, tf.unstack(tf.random.experimental.stateless_split(
+            keys[v], 4))[0], SIZE, config.aug).numpy() for v in range(2)]))
+  # The row is a copy of one of the two photos; its crops match to JPEG
+  # border noise.
+  best = min(np.abs(v - out[0]).mean() for v in views)
+  assert best < 1e-3
+
+
+def test_on_device_augmentation_matches_reference_statistics(folder):
+  """Host crop + JAX photometric ops vs the all-host reference, by statistics."""
+  ref = _batches(_config(folder), num=4)
+  config = _config(folder, on_device=True)
+  host = _batches(config, num=4)
+  out = np.asarray(jax.jit(lambda k, x: augment_jax.augment_batch(
+      k, x, config.aug))(jax.random.PRNGKey(0), host))
+  assert out.min() >= 0 and out.max() <= 1
+  rs, os_ = _stats(ref), _stats(out)
+  n = rs["mean"].shape[0]
+  for key in ("mean", "std", "sat"):
+    # Three standard errors of a difference of two independent means.
+    se = np.sqrt(2 / n) * rs[key].std(0)
+    assert np.all(np.abs(os_[key].mean(0) - rs[key].mean(0)) < 3 * se + 1e-3), key
+  p = config.aug.grayscale_prob
+  assert abs(os_["gray"].mean() - rs["gray"].mean()) < 3 * np.sqrt(2 * p * (1 - p) / n)
