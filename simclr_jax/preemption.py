@@ -85,6 +85,7 @@ class PreemptionGuard:
     self.request(signal.Signals(signum).name)
 
   def __enter__(self) -> "PreemptionGuard":
+    self._received = None  # a guard may be reused for a later run
     if threading.current_thread() is not threading.main_thread():
       return self  # Python allows handlers only in the main thread.
     for signum in self._signals:
