@@ -106,10 +106,10 @@ def initialize(coordinator_address: Optional[str] = None,
   except ValueError as e:
     if given or _NO_CLUSTER not in str(e):
       missing = sorted(set(explicit) - set(given))
-      raise ValueError(
-          f"cannot start a multi-process run from {given or 'no flags'}: {e}. "
-          f"Outside TPU pods, SLURM and Open MPI pass --{' --'.join(missing)}"
-          " as well.") from e
+      hint = (f" Outside TPU pods, SLURM and Open MPI also pass --"
+              f"{' --'.join(missing)}." if missing else "")
+      raise ValueError(f"cannot start a multi-process run from "
+                       f"{given or 'no flags'}: {e}.{hint}") from e
     logging.info("No cluster environment detected: single-process run.")
     return False
   logging.info("jax.distributed initialised: process %d of %d",

@@ -93,6 +93,11 @@ def to_host(tree: Any) -> Any:
   """
   def fetch(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if not x.is_fully_replicated:
+        # A local shard would silently stand in for the whole array.
+        raise ValueError(f"to_host got an array of shape {x.shape} split "
+                         f"over processes ({x.sharding}); use "
+                         "multihost_utils.process_allgather")
       # Replicated across processes: every process holds a full copy.
       return np.asarray(x.addressable_data(0))
     return np.asarray(x)

@@ -121,6 +121,14 @@ def run(out_dir: str, ckpt_dir: str, restore_dir: str, steps: int,
   arrays["first_batch"] = next(data_lib.make_pretrain_iterator(
       config.data, config.aug, config.train.global_batch, config.seed))["images"]
 
+  # A batch-sharded array cannot be fetched whole by one process.
+  if pc > 1:
+    try:
+      parallel.to_host(parallel.host_to_global(mesh, {"x": np.zeros((4, 2))}))
+      out["to_host_error"] = ""
+    except ValueError as e:
+      out["to_host_error"] = str(e)
+
   # Processes started with different configs must all fail, naming the field.
   if pc > 1:
     other = config.copy_and_resolve_references()

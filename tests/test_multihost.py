@@ -199,6 +199,12 @@ def test_processes_read_disjoint_shards(runs):
   assert not np.allclose(procs[0]["first_batch"], procs[1]["first_batch"])
 
 
+def test_to_host_refuses_arrays_split_over_processes(runs):
+  for meta, _ in runs["b"]:
+    assert "split over processes" in meta["to_host_error"]
+    assert "process_allgather" in meta["to_host_error"]
+
+
 def test_processes_that_disagree_on_the_config_all_fail(runs):
   for i, (meta, _) in enumerate(runs["b"]):
     message = meta["mismatch_error"]
@@ -270,3 +276,39 @@ def test_bad_timeouts_are_named():
   with pytest.raises(ValueError,
                      match=r"config.distributed.heartbeat_timeout_s=0"):
     distributed.initialize_from_flags(config)
+
+
+def test_slurm_environment_is_detected_without_flags(tmp_path):
+  # Two processes that see only SLURM's variables, as `srun -n 2` sets them.
+  script = ("import sys\n"
+            f"sys.path.insert(0, {REPO!r})\n"
+            "from simclr_jax import distributed\n"
+            "started = distributed.initialize()\n"
+            "import jax, numpy as np\n"
+            "from jax.experimental import multihost_utils\n"
+            "ids = multihost_utils.process_allgather("
+            "np.array([jax.process_index()], np.int32))\n"
+            "print('RESULT', started, jax.process_count(), "
+            "sorted(ids.ravel().tolist()))\n")
+  port = _free_port()
+  procs = []
+  try:
+    for i in range(2):
+      env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu",
+                 SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="localhost",
+                 SLURM_NTASKS="2", SLURM_PROCID=str(i), SLURM_LOCALID="0",
+                 JAX_COORDINATOR_PORT=str(port))
+      procs.append(subprocess.Popen(
+          [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT, text=True, start_new_session=True))
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+  finally:
+    for p in procs:
+      try:
+        os.killpg(p.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+      p.wait()
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+    assert "RESULT True 2 [0, 1]" in out, out[-3000:]
