@@ -95,4 +95,16 @@ def get_config() -> ml_collections.ConfigDict:
   ev.batch_size = 256  # global batch of the evaluation passes
   ev.knn_k = 200  # kNN monitor: neighbours
   ev.knn_temperature = 0.1  # kNN monitor: similarity temperature
+
+  config.viz = viz = ml_collections.ConfigDict()
+  viz.enabled = True  # augmentation grid at the start, embedding map + heatmap at each eval
+  viz.preview_images = 8  # rows (source images) of the augmentation preview grid
+  viz.preview_views = 6  # augmented views per row of the preview
+  viz.preview_tile_px = 64  # preview tiles are upscaled (nearest) to at least this side
+  viz.embedding_method = "auto"  # auto (UMAP if installed, else t-SNE) | tsne | umap
+  viz.tsne_points = 1000  # eval-split examples placed on the embedding map
+  viz.tsne_perplexity = 30.0  # t-SNE perplexity (UMAP: n_neighbors, rounded)
+  viz.tsne_threads = 1  # OpenMP threads of t-SNE/UMAP (0 = all cores; more slow a busy host)
+  viz.heatmap_batch = 32  # images N of the similarity heatmap (2N x 2N cells for 2 views)
+  viz.figure_px = 640  # side of the embedding-map and heatmap PNGs, pixels
   return config
