@@ -12,8 +12,8 @@ import numpy as np
 # Layout of the rendered figures (fractions of the square figure): fixed, so
 # that a heatmap cell's pixel position is known (`heatmap_box`).
 DPI = 100
-HEATMAP_AXES = (0.07, 0.05, 0.8, 0.8)  # left, bottom, width, height
-COLORBAR_AXES = (0.9, 0.05, 0.03, 0.8)
+HEATMAP_AXES = (0.06, 0.06, 0.8, 0.8)  # left, bottom, width, height
+COLORBAR_AXES = (0.88, 0.06, 0.025, 0.8)
 EMBEDDING_AXES = (0.05, 0.05, 0.75, 0.88)
 MAX_LEGEND_CLASSES = 20  # beyond this a legend is unreadable
 
@@ -100,5 +100,6 @@ def plot_similarity(sim: np.ndarray, num_views: int, title: str,
   ax.set_yticks(centres, names, fontsize=8, rotation=90, va="center")
   ax.tick_params(length=0)
   ax.set_title(title, fontsize=10)
-  fig.colorbar(image, cax=fig.add_axes(COLORBAR_AXES), label="cosine")
+  bar = fig.colorbar(image, cax=fig.add_axes(COLORBAR_AXES))
+  bar.ax.tick_params(labelsize=8)
   return _pixels(fig)

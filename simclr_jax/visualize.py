@@ -10,10 +10,13 @@ r"""Embedding maps and similarity heatmaps, as PNG files and TensorBoard images.
   positive pairs sit on the off-diagonals at offsets of N. A bright
   off-diagonal on a dark background is what the contrastive loss asks for.
 
-During pretraining `Pictures` writes both at every evaluation; on an export:
+During pretraining `Pictures` writes both at every evaluation; for an export
+or the newest checkpoint of a run:
 
   python -m simclr_jax.visualize --config=configs/digits.py \
-      --export=runs/digits/export --out_dir=runs/digits/pictures
+      --export=EXPORT_DIR --out_dir=pictures
+  python -m simclr_jax.visualize --config=configs/digits.py \
+      --workdir=runs/digits --out_dir=runs/digits/pictures_now
 """
 
 import os
@@ -366,45 +369,75 @@ def start_pretraining(config: ml_collections.ConfigDict, model, mesh,
 # -------------------------------------------------------------- command ---
 
 
-def run_on_export(config: ml_collections.ConfigDict, export_dir: str,
-                  out_dir: str) -> Dict[str, str]:
-  """Writes the embedding map and heatmap of an export (PNG + TensorBoard).
+def _load(config, export_dir: str, workdir: str, mesh):
+  """(config, model, replicated variables, step) of an export or a run."""
+  # pylint: disable=g-import-not-at-top
+  from simclr_jax import checkpoint
+  from simclr_jax import config as config_lib
+  from simclr_jax import train
+  from simclr_jax.models import build_model
+  # pylint: enable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  if export_dir:
+    variables, meta = checkpoint.load_export(export_dir)
+    config.data.image_size = int(meta["image_size"])  # the export's input
+    model = build_model(meta["model"], int(meta["num_classes"]),
+                        axis_name=AXIS)
+    step = int(meta.get("extra", {}).get("step", 0) or 0)
+    return config, model, parallel.replicate(mesh, variables), step
+  # The newest checkpoint of a pretraining run made with `config`.
+  info = data_lib.dataset_info(config.data)
+  sched = config_lib.derive_schedule(
+      config, info.num_examples[config.data.train_split])
+  model, _, _, state, _ = train.build_pretrain(config, info.num_classes,
+                                               sched, mesh)
+  ckpt = checkpoint.Checkpointer(workdir, config.train.keep_checkpoints)
+  step = ckpt.latest_step()
+  if step is None:
+    raise ValueError(f"--workdir={workdir!r} holds no checkpoint")
+  state = ckpt.restore(step, state)
+  ckpt.close()
+  return config, model, state.variables, step
+
+
+def run_on_saved(config: ml_collections.ConfigDict, out_dir: str,
+                 export_dir: str = "", workdir: str = "") -> Dict[str, str]:
+  """Writes the pictures of an export or of a run's newest checkpoint.
+
+  The embedding map and the similarity heatmap go to `out_dir` as PNGs and as
+  TensorBoard images.
 
   Args:
-    config: the configuration naming the dataset, augmentations and `viz`;
-      the input size is taken from the export.
-    export_dir: a `simclr_jax.checkpoint.save_export` directory.
+    config: the configuration naming the dataset, augmentations and `viz`
+      (for an export, the input size is taken from the export).
     out_dir: directory for the PNGs and the TensorBoard events.
+    export_dir: a `simclr_jax.checkpoint.save_export` directory, or ''.
+    workdir: a pretraining run directory (used when `export_dir` is '').
 
   Returns:
     {picture name: PNG path} on process 0.
   """
-  # pylint: disable=g-import-not-at-top
-  from clu import metric_writers
-  from simclr_jax import checkpoint
-  from simclr_jax.models import build_model
-  # pylint: enable=g-import-not-at-top
-  variables, meta = checkpoint.load_export(export_dir)
-  config = config.copy_and_resolve_references()
-  config.data.image_size = int(meta["image_size"])
-  model = build_model(meta["model"], int(meta["num_classes"]), axis_name=AXIS)
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  if bool(export_dir) == bool(workdir):
+    raise ValueError(f"--export={export_dir!r}, --workdir={workdir!r}: give "
+                     "exactly one of them.")
   mesh = parallel.make_mesh()
+  config, model, variables, step = _load(config, export_dir, workdir, mesh)
   writer = metric_writers.create_default_writer(
       out_dir, just_logging=jax.process_index() > 0)
-  step = int(meta.get("extra", {}).get("step", 0) or 0)
-  pictures = Pictures(config, model, mesh, out_dir, writer)
-  names = pictures.write(step, parallel.replicate(mesh, variables))
+  names = Pictures(config, model, mesh, out_dir, writer).write(step, variables)
   writer.flush()
   return names
 
 
 def main(argv) -> None:
-  """Writes the pictures of --export to --out_dir."""
+  """Writes the pictures of --export or --workdir to --out_dir."""
   from absl import app  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   fv = flags.FLAGS
-  for path in run_on_export(fv.config, fv.export, fv.out_dir).values():
+  for path in run_on_saved(fv.config, fv.out_dir, fv.export,
+                           fv.workdir).values():
     print(f"wrote {path}")
 
 
@@ -414,7 +447,8 @@ if __name__ == "__main__":
   from ml_collections import config_flags
   config_flags.DEFINE_config_file("config", None, "Configuration file (data, "
                                   "aug, eval, viz).", lock_config=True)
-  flags.DEFINE_string("export", None, "export directory to visualise")
+  flags.DEFINE_string("export", "", "export directory to visualise, or ...")
+  flags.DEFINE_string("workdir", "", "... a pretraining run (newest checkpoint)")
   flags.DEFINE_string("out_dir", None, "directory for PNGs and TensorBoard")
-  flags.mark_flags_as_required(["config", "export", "out_dir"])
+  flags.mark_flags_as_required(["config", "out_dir"])
   _app.run(main)

@@ -216,7 +216,7 @@ def test_export_pictures(tmp_path):
   checkpoint.save_export(export, variables, model_cfg, 10, 16,
                          extra={"step": 7})
   out_dir = str(tmp_path / "pictures")
-  paths = visualize.run_on_export(config, export, out_dir)
+  paths = visualize.run_on_saved(config, out_dir, export_dir=export)
   assert sorted(os.path.basename(p) for p in paths.values()) == [
       "embedding_map_step7.png", "similarity_heatmap_step7.png"]
   for path in paths.values():
@@ -224,3 +224,17 @@ def test_export_pictures(tmp_path):
     assert image.shape == (400, 400, 3) and image.std() > MIN_STD
   found = _image_summaries(out_dir)
   assert set(found) == {("embedding_map", 7), ("similarity_heatmap", 7)}
+
+
+def test_run_pictures_from_workdir(digits_run, tmp_path):
+  out_dir = str(tmp_path / "again")
+  paths = visualize.run_on_saved(_config(), out_dir, workdir=digits_run)
+  # The newest checkpoint's pictures equal those written during training.
+  for name, path in paths.items():
+    assert os.path.basename(path) == f"{name}_step{STEPS}.png"
+    if name == "similarity_heatmap":
+      during = _png(os.path.join(digits_run, visualize.PICTURES_SUBDIR,
+                                 os.path.basename(path)))
+      np.testing.assert_array_equal(_png(path), during)
+  with pytest.raises(ValueError, match="exactly one"):
+    visualize.run_on_saved(_config(), out_dir, export_dir="x", workdir="y")
