@@ -19,6 +19,7 @@ setup(
         "clu>=0.0.12",
         "tensorboard>=2.18",
         "scikit-learn>=1.5",
+        "threadpoolctl>=3.5",  # limits t-SNE threads (a scikit-learn dependency)
         "numpy>=1.26",
         "pillow>=10",
         "matplotlib>=3.8",

@@ -110,4 +110,15 @@ def get_config() -> ml_collections.ConfigDict:
   dist.initialization_timeout_s = 300  # wait this long for all processes to join
   dist.heartbeat_timeout_s = 100  # a silent process is declared dead after this
   dist.log_all_processes = False  # INFO logs from every process, not only process 0
+  config.viz = viz = ml_collections.ConfigDict()
+  viz.enabled = True  # augmentation grid at the start, embedding map + heatmap at each eval
+  viz.preview_images = 8  # rows (source images) of the augmentation preview grid
+  viz.preview_views = 6  # augmented views per row of the preview
+  viz.preview_tile_px = 64  # preview tiles are upscaled (nearest) to at least this side
+  viz.embedding_method = "auto"  # auto (UMAP if installed, else t-SNE) | tsne | umap
+  viz.tsne_points = 1000  # eval-split examples placed on the embedding map
+  viz.tsne_perplexity = 30.0  # t-SNE perplexity (UMAP: n_neighbors, rounded)
+  viz.tsne_threads = 1  # OpenMP threads of t-SNE/UMAP (0 = all cores; more slow a busy host)
+  viz.heatmap_batch = 32  # images N of the similarity heatmap (2N x 2N cells for 2 views)
+  viz.figure_px = 640  # side of the embedding-map and heatmap PNGs, pixels
   return config

@@ -27,6 +27,7 @@ import numpy as np
 
 from simclr_jax import checkpoint
 from simclr_jax import convert_map
+from simclr_jax import progress
 from simclr_jax.models import build_model, count_params, min_input_size
 
 # Input side of the official code: image_size, or <= 32 for the CIFAR stem.
@@ -154,7 +155,8 @@ def convert_tf2_checkpoint(path: str,
   mapping = match_variables(shapes, model_cfg, num_classes)
   variables: Dict[str, Any] = {}
   problems = []
-  for name, leaf in mapping.items():
+  for name, leaf in progress.track(mapping.items(), desc="reading checkpoint",
+                                   unit="variables"):
     value = np.asarray(reader.get_tensor(keys[name]))
     if not np.issubdtype(value.dtype, np.floating):
       problems.append(f"checkpoint variable {name} has dtype {value.dtype}")

@@ -21,6 +21,7 @@ from simclr_jax import evaluate
 from simclr_jax import parallel
 from simclr_jax import preemption
 from simclr_jax import train
+from simclr_jax import visualize
 
 
 def make_writer(workdir: str) -> metric_writers.MetricWriter:
@@ -82,6 +83,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   writer = make_writer(workdir)
   if start == 0:
     writer.write_hparams({k: v for k, v in _flat(config).items()})
+  # Augmentation grid now; embedding map + similarity heatmap at each eval.
+  pictures = visualize.start_pretraining(config, model, mesh, workdir, writer,
+                                         step=start)
   batches = data_lib.make_pretrain_iterator(
       config.data, config.aug, config.train.global_batch, config.seed,
       start_step=start)
@@ -131,6 +135,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
                       " rerun the same command to resume.", stop, step,
                       checkpointer.directory)
       raise preemption.Preempted(step, stop)
+    if pictures and config_lib.is_time(step, config.train.eval_every_steps,
+                                       total):
+      pictures.write(step, state.variables)
 
   results = {"step": int(total), "config": config.to_dict()}
   if config.train.probe:
