@@ -18,6 +18,7 @@ SOURCES = ("digits", "tfds", "folder")
 DEPTHS = (18, 34, 50, 101, 152, 200)
 STEMS = ("cifar", "imagenet", "auto")
 DTYPES = ("float32", "bfloat16")
+PROTOCOLS = ("linear", "fast_probe", "knn")  # evaluations of the linear_eval mode
 # Total downsampling of the encoder; the last stage must keep >= 1 pixel.
 _STEM_DOWNSAMPLE = {"cifar": 8, "imagenet": 32}
 
@@ -86,6 +87,7 @@ def validate(config: ml_collections.ConfigDict,
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     if config.train[field] < 1:
       _fail(f"train.{field}", config.train[field], "must be >= 1")
+  _validate_eval(config)
   stem = resolve_stem(config)
   min_size = _STEM_DOWNSAMPLE[stem]
   if config.data.image_size < min_size:
@@ -104,6 +106,38 @@ def validate(config: ml_collections.ConfigDict,
     if config.eval.batch_size % num_devices:
       _fail("eval.batch_size", config.eval.batch_size,
             f"must be divisible by the number of devices ({num_devices})")
+
+
+def _validate_eval(config: ml_collections.ConfigDict) -> None:
+  """Checks the evaluation fields and that linear_eval/finetune have an encoder."""
+  ev = config.eval
+  if not 0 < ev.label_fraction <= 1:
+    _fail("eval.label_fraction", ev.label_fraction, "must be in (0, 1]")
+  if ev.knn_k < 1:
+    _fail("eval.knn_k", ev.knn_k, "must be >= 1")
+  if ev.knn_temperature <= 0:
+    _fail("eval.knn_temperature", ev.knn_temperature, "must be > 0")
+  if not 0 < ev.probe_val_fraction < 1:
+    _fail("eval.probe_val_fraction", ev.probe_val_fraction, "must be in (0, 1)")
+  protocols = tuple(ev.protocols)
+  if not protocols or not set(protocols) <= set(PROTOCOLS):
+    _fail("eval.protocols", protocols, f"a non-empty subset of {PROTOCOLS}")
+  if config.mode not in ("linear_eval", "finetune"):
+    return
+  sources = [k for k in ("export", "checkpoint_dir", "random") if config.init[k]]
+  if config.mode == "linear_eval" and ev.raw_pixels:
+    if "linear" in protocols:
+      _fail("eval.protocols", protocols, "the raw-pixel baseline runs "
+            "'fast_probe' and 'knn' only (there is no encoder to freeze)")
+    return
+  if len(sources) != 1:
+    _fail("init", {k: config.init[k] for k in ("export", "checkpoint_dir",
+                                               "random")},
+          f"mode={config.mode!r} needs exactly one encoder to start from: "
+          "init.export (an export directory), init.checkpoint_dir (a "
+          "pretraining workdir) or init.random=True")
+  if config.finetune.head_from < 0:
+    _fail("finetune.head_from", config.finetune.head_from, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
