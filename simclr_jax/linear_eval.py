@@ -201,13 +201,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
                                                       info.num_classes)
     if "knn" in protocols:
       results["knn"] = knn.knn_eval(config, arrays, info.num_classes, mesh)
+    _log(config, results)
   if "linear" in protocols:
     _, results["linear"] = train_linear(config, host_vars, model_cfg,
                                         info.num_classes, mesh, workdir)
-  for key in ("linear", "linear_probe", "knn"):
+    _log(config, {"linear": results["linear"]})
+  evaluate.write_results(workdir, "linear_eval_results", results)
+  return results
+
+
+def _log(config, results: Dict[str, Any]) -> None:
+  for key in ("linear_probe", "knn", "linear"):
     if key in results:
       logging.info("%s on %s: top-1 %.4f over %d examples", key,
                    config.data.eval_split, results[key]["top1"],
                    results[key]["num_examples"])
-  evaluate.write_results(workdir, "linear_eval_results", results)
-  return results
