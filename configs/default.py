@@ -96,14 +96,33 @@ def get_config() -> ml_collections.ConfigDict:
   train.eval_every_steps = 0  # online evaluation interval (0 = only at end)
   train.start_over = False  # move aside workdir checkpoints of a different model and start at step 0
 
-  config.init = init = ml_collections.ConfigDict()
-  init.checkpoint = ""  # linear_eval/finetune/distill: workdir of a pretraining run to start from
-  init.export = ""  # ... or an encoder export directory (one of the two is required)
-
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 256  # global batch of the evaluation passes
   ev.knn_k = 200  # kNN monitor: neighbours
   ev.knn_temperature = 0.1  # kNN monitor: similarity temperature
+  ev.knn_query_chunk = 256  # kNN: queries scored against the memory bank at once
+  ev.knn = True  # pretraining: kNN monitor every eval period and at the end
+  ev.final_probe = False  # pretraining: fast probe on frozen features at the end
+  ev.protocols = ("linear", "fast_probe", "knn")  # linear_eval mode: what to run
+  ev.label_fraction = 1.0  # linear_eval/finetune: labelled fraction of train, in (0, 1]
+  ev.label_seed = 0  # seed of the class-balanced labelled subset
+  ev.raw_pixels = False  # fast probe / kNN on flattened pixels instead of h
+  ev.probe_val_fraction = 0.2  # fast probe: held-out fraction of the labelled set
+  ev.probe_l2_grid = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # fast probe: L2 strengths tried
+  ev.probe_max_iters = 500  # fast probe: L-BFGS iteration cap
+  ev.probe_tol = 1e-5  # fast probe: stop when the gradient norm is below this
+  ev.probe_standardize = True  # fast probe: standardise features (train mean/std)
+
+  # Where linear_eval / finetune get their encoder (exactly one is required).
+  config.init = init = ml_collections.ConfigDict()
+  init.export = ""  # an export directory (python -m simclr_jax.export / convert)
+  init.checkpoint_dir = ""  # a pretraining workdir (its newest checkpoint) ...
+  init.checkpoint_step = 0  # ... or this step of it (0 = newest)
+  init.random = False  # a randomly initialised config.model (baseline)
+
+  # Semi-supervised fine-tuning (SimCLR v2): all layers, from a head layer.
+  config.finetune = ft = ml_collections.ConfigDict()
+  ft.head_from = 1  # fine-tune from projection-head layer k (0 = drop the head)
 
   # Multi-host runs; where each process connects is given by flags (see main.py).
   config.distributed = dist = ml_collections.ConfigDict()

@@ -14,12 +14,11 @@ from simclr_jax import losses
 from simclr_jax import optim
 
 MODES = ("pretrain", "linear_eval", "finetune", "distill")
-# Modes that start from a trained encoder (config.init.checkpoint or .export).
-MODES_FROM_ENCODER = ("linear_eval", "finetune", "distill")
 SOURCES = ("digits", "tfds", "folder")
 DEPTHS = (18, 34, 50, 101, 152, 200)
 STEMS = ("cifar", "imagenet", "auto")
 DTYPES = ("float32", "bfloat16")
+PROTOCOLS = ("linear", "fast_probe", "knn")  # evaluations of the linear_eval mode
 # Total downsampling of the encoder; the last stage must keep >= 1 pixel.
 _STEM_DOWNSAMPLE = {"cifar": 8, "imagenet": 32}
 
@@ -55,7 +54,6 @@ def validate(config: ml_collections.ConfigDict,
     num_processes: number of processes (hosts) sharing the run.
   """
   _check_in(config, "mode", MODES)
-  _check_start(config)
   _check_label_fractions(config)
   _check_in(config, "data.source", SOURCES)
   if config.data.source == "tfds" and not config.data.name:
@@ -90,6 +88,7 @@ def validate(config: ml_collections.ConfigDict,
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     if config.train[field] < 1:
       _fail(f"train.{field}", config.train[field], "must be >= 1")
+  _validate_eval(config)
   stem = resolve_stem(config)
   min_size = _STEM_DOWNSAMPLE[stem]
   if config.data.image_size < min_size:
@@ -110,18 +109,6 @@ def validate(config: ml_collections.ConfigDict,
             f"must be divisible by the number of devices ({num_devices})")
 
 
-def _check_start(config: ml_collections.ConfigDict) -> None:
-  """Modes that evaluate or tune an encoder need one to start from."""
-  if config.mode not in MODES_FROM_ENCODER:
-    return
-  init = config.get("init") or {}
-  if not (init.get("checkpoint") or init.get("export")):
-    _fail("init.checkpoint", init.get("checkpoint", ""),
-          f"mode {config.mode!r} starts from a trained encoder: set "
-          "config.init.checkpoint (a pretraining workdir) or "
-          "config.init.export (an export directory)")
-
-
 def _check_label_fractions(config: ml_collections.ConfigDict,
                            prefix: str = "") -> None:
   """Every field named *label_fraction, in any section, must be in (0, 1]."""
@@ -133,6 +120,38 @@ def _check_label_fractions(config: ml_collections.ConfigDict,
         0 < value <= 1):
       _fail(f"{prefix}{key}", value, "a fraction of the labels in (0, 1] "
             "is required")
+
+
+def _validate_eval(config: ml_collections.ConfigDict) -> None:
+  """Checks the evaluation fields and that linear_eval/finetune have an encoder."""
+  ev = config.eval
+  if not 0 < ev.label_fraction <= 1:
+    _fail("eval.label_fraction", ev.label_fraction, "must be in (0, 1]")
+  if ev.knn_k < 1:
+    _fail("eval.knn_k", ev.knn_k, "must be >= 1")
+  if ev.knn_temperature <= 0:
+    _fail("eval.knn_temperature", ev.knn_temperature, "must be > 0")
+  if not 0 < ev.probe_val_fraction < 1:
+    _fail("eval.probe_val_fraction", ev.probe_val_fraction, "must be in (0, 1)")
+  protocols = tuple(ev.protocols)
+  if not protocols or not set(protocols) <= set(PROTOCOLS):
+    _fail("eval.protocols", protocols, f"a non-empty subset of {PROTOCOLS}")
+  if config.mode not in ("linear_eval", "finetune"):
+    return
+  sources = [k for k in ("export", "checkpoint_dir", "random") if config.init[k]]
+  if config.mode == "linear_eval" and ev.raw_pixels:
+    if "linear" in protocols:
+      _fail("eval.protocols", protocols, "the raw-pixel baseline runs "
+            "'fast_probe' and 'knn' only (there is no encoder to freeze)")
+    return
+  if len(sources) != 1:
+    _fail("init", {k: config.init[k] for k in ("export", "checkpoint_dir",
+                                               "random")},
+          f"mode={config.mode!r} needs exactly one encoder to start from: "
+          "init.export (an export directory), init.checkpoint_dir (a "
+          "pretraining workdir) or init.random=True")
+  if config.finetune.head_from < 0:
+    _fail("finetune.head_from", config.finetune.head_from, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

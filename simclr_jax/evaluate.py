@@ -3,6 +3,12 @@
 Eval batches are padded and carry a `mask`; the per-replica step sums correct
 predictions and valid examples and psums them over all devices, so accuracy
 is exact on any number of hosts and devices (no dropped remainder).
+
+Also the entry point that evaluates an export (a pretraining export or a
+converted official checkpoint) with the protocols of a config:
+  python -m simclr_jax.evaluate --export=EXPORT --config=configs/digits_linear.py
+runs linear eval, the fast probe and kNN (mode linear_eval) or fine-tuning
+(mode finetune) and writes the results JSON to --workdir (default EXPORT_eval).
 """
 
 import json
@@ -116,3 +122,53 @@ def _jsonable(x):
     return x.to_dict()
   return str(x)
 
+
+
+def main(argv) -> None:
+  """Evaluates --export with --config; prints top-1 of every protocol."""
+  # pylint: disable=g-import-not-at-top
+  from absl import app
+  from absl import flags
+  from simclr_jax import config as config_lib
+  from simclr_jax import finetune
+  from simclr_jax import linear_eval
+  # pylint: enable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  fv = flags.FLAGS
+  config = fv.config
+  with config.unlocked():
+    config.init.export = fv.export
+  config_lib.validate(config)
+  runs = {"linear_eval": linear_eval.run, "finetune": finetune.run}
+  if config.mode not in runs:
+    raise ValueError(f"config.mode={config.mode!r} is invalid here: "
+                     f"allowed values are {tuple(runs)}")
+  workdir = fv.workdir or fv.export.rstrip("/") + "_eval"
+  results = runs[config.mode](config, workdir)
+  if jax.process_index() == 0:
+    for key in ("linear", "linear_probe", "knn", "finetune"):
+      if key in results:
+        print(f"{key} top-1 accuracy on {config.data.eval_split}: "
+              f"{results[key]['top1']:.4f}")
+    print(f"results: {os.path.join(workdir, config.mode + '_results.json')}")
+
+
+def define_flags() -> None:
+  """Defines the command-line flags (only when run as a program)."""
+  # pylint: disable=g-import-not-at-top
+  from absl import flags
+  from ml_collections import config_flags
+  # pylint: enable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "evaluation config file "
+                                  "(mode linear_eval or finetune)")
+  flags.DEFINE_string("export", None, "export directory to evaluate")
+  flags.DEFINE_string("workdir", None, "results directory (default: "
+                      "EXPORT_eval)")
+  flags.mark_flags_as_required(["config", "export"])
+
+
+if __name__ == "__main__":
+  define_flags()
+  from absl import app as _app  # pylint: disable=g-import-not-at-top
+  _app.run(main)

@@ -36,6 +36,8 @@ def main(argv):
   from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from simclr_jax import preemption  # pylint: disable=g-import-not-at-top
   from simclr_jax import pretrain  # pylint: disable=g-import-not-at-top
+  from simclr_jax import finetune  # pylint: disable=g-import-not-at-top
+  from simclr_jax import linear_eval  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
   config_lib.validate(config)  # before any device or data work
@@ -46,15 +48,23 @@ def main(argv):
   try:
     if config.mode == "pretrain":
       results = pretrain.run(config, FLAGS.workdir)
+    elif config.mode == "linear_eval":
+      results = linear_eval.run(config, FLAGS.workdir)
+    elif config.mode == "finetune":
+      results = finetune.run(config, FLAGS.workdir)
     else:
       raise ValueError(f"config.mode={config.mode!r} is not implemented yet")
   except preemption.Preempted as e:
     # A distinct status so schedulers can requeue; rerunning resumes.
     logging.warning("%s", e)
     sys.exit(preemption.PREEMPTED_EXIT_CODE)
-  if jax.process_index() == 0 and "probe" in results:
-    print(f"linear probe top-1 accuracy on {config.data.eval_split}: "
-          f"{results['probe']['top1']:.4f}")
+  names = (("probe", "online linear probe"), ("knn", "kNN"),
+           ("linear_probe", "linear probe"), ("linear", "linear eval"),
+           ("finetune", "fine-tuned"))  # result keys of the modes
+  for key, name in names:
+    if jax.process_index() == 0 and key in results:
+      print(f"{name} top-1 accuracy on {config.data.eval_split}: "
+            f"{results[key]['top1']:.4f}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from simclr_jax import config as config_lib
 from simclr_jax import data as data_lib
 from simclr_jax import distributed
 from simclr_jax import evaluate
+from simclr_jax import online_eval
 from simclr_jax import parallel
 from simclr_jax import preemption
 from simclr_jax import train
@@ -81,6 +82,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
                  checkpointer.directory)
     state = checkpointer.restore(start, state)
   writer = make_writer(workdir)
+  # The config the checkpoints were made with: export and linear eval read it.
+  evaluate.write_results(workdir, "config", config.to_dict())
   if start == 0:
     writer.write_hparams({k: v for k, v in _flat(config).items()})
   # Augmentation grid now; embedding map + similarity heatmap at each eval.
@@ -138,6 +141,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     if pictures and config_lib.is_time(step, config.train.eval_every_steps,
                                        total):
       pictures.write(step, state.variables)
+    if step < total and config_lib.is_time(
+        step, config.train.eval_every_steps, total):
+      _, scalars = online_eval.run(config, model, state.variables,
+                                   info.num_classes, mesh, final=False)
+      writer.write_scalars(step, scalars)
 
   results = {"step": int(total), "config": config.to_dict()}
   if config.train.probe:
@@ -147,6 +155,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
                                  "eval/probe_top5": probe["top5"]})
     logging.info("Online linear probe on %s: top-1 %.4f over %d examples",
                  config.data.eval_split, probe["top1"], probe["num_examples"])
+  final, scalars = online_eval.run(config, model, state.variables,
+                                   info.num_classes, mesh, final=True)
+  results.update(final)
+  writer.write_scalars(total, scalars)
   checkpointer.close()
   writer.flush()
   evaluate.write_results(workdir, "pretrain_results", results)

@@ -36,6 +36,9 @@ class _Recorder:
   def write_hparams(self, hparams):
     del hparams
 
+  def write_images(self, step, images):
+    del step, images
+
   def flush(self):
     pass
 
@@ -253,17 +256,20 @@ def test_label_fraction_outside_unit_interval(value):
     config_lib.validate(config, num_devices=8)
 
 
-@pytest.mark.parametrize("mode", ["linear_eval", "finetune", "distill"])
+@pytest.mark.parametrize("mode", ["linear_eval", "finetune"])
 def test_modes_from_an_encoder_need_a_start(mode):
   config = _config()
   config.mode = mode
-  with pytest.raises(ValueError, match=rf"config\.init\.checkpoint='' is "
-                     rf"invalid: mode '{mode}' starts from a trained encoder"):
+  with pytest.raises(ValueError, match=rf"config\.init=.* is invalid: "
+                     rf"mode='{mode}' needs exactly one encoder"):
     config_lib.validate(config, num_devices=8)
   config.init.export = "/some/export"
   config_lib.validate(config, num_devices=8)
-  config.init.export, config.init.checkpoint = "", "/some/workdir"
+  config.init.export, config.init.checkpoint_dir = "", "/some/workdir"
   config_lib.validate(config, num_devices=8)
+  config.init.export = "/some/export"  # two sources: ambiguous
+  with pytest.raises(ValueError, match="exactly one encoder"):
+    config_lib.validate(config, num_devices=8)
 
 
 def test_finite_checks_name_the_quantity():

@@ -1,0 +1,57 @@
+"""Shared set-up of the evaluation tests: a tiny digits pretraining workdir.
+
+The workdir holds a real checkpoint (written by the Checkpointer, with the
+config.json pretraining writes) of an untrained tiny model whose parameters
+and BatchNorm statistics are perturbed, so that an export or a linear eval
+that dropped or reset any of them would be noticed.
+"""
+
+import jax
+import numpy as np
+
+from configs import digits
+from simclr_jax import checkpoint as ckpt_lib
+from simclr_jax import config as config_lib
+from simclr_jax import data as data_lib
+from simclr_jax import evaluate
+from simclr_jax import parallel
+from simclr_jax import train
+
+
+def tiny_config():
+  """The tiny digits pretraining config used by the evaluation tests."""
+  config = digits.get_config("tiny")
+  config.eval.batch_size = 64  # 360 test digits: the last batch is padded
+  return config
+
+
+def make_workdir(workdir: str, step: int = 4):
+  """Writes a checkpoint at `step` and config.json; returns (config, state)."""
+  config = tiny_config()
+  mesh = parallel.make_mesh()
+  info = data_lib.dataset_info(config.data)
+  sched = config_lib.derive_schedule(config, info.num_examples["train"])
+  _, _, _, state, _ = train.build_pretrain(config, info.num_classes, sched,
+                                           mesh)
+  host = jax.device_get(state)
+  rng = np.random.default_rng(0)
+
+  def perturb(path, x):
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating) or x.ndim == 0:
+      return x
+    noise = rng.normal(scale=0.1, size=x.shape).astype(x.dtype)
+    name = jax.tree_util.keystr(path)
+    # Variances stay positive; everything else just moves.
+    return np.abs(x + noise) + 0.5 if "var" in name else x + noise
+
+  host = host.replace(
+      params=jax.tree_util.tree_map_with_path(perturb, host.params),
+      batch_stats=jax.tree_util.tree_map_with_path(perturb, host.batch_stats),
+      step=np.asarray(step, np.int32))
+  state = parallel.replicate(mesh, host)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=3)
+  checkpointer.save(step, state)
+  checkpointer.close()
+  evaluate.write_results(workdir, "config", config.to_dict())
+  return config, host
