@@ -12,6 +12,7 @@ setup(
         "flax>=0.11,<0.13",
         "optax>=0.2.5,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
+        "etils[epath]>=1.5",
         "tensorflow-cpu>=2.18,<2.22",
         "tensorflow-datasets>=4.9,<5",
         "ml-collections>=1.0,<2",

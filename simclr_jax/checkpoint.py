@@ -20,11 +20,23 @@ from typing import Any, Dict, Optional, Tuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from absl import logging
 from jax.experimental import multihost_utils
 
 EXPORT_FORMAT = "simclr_jax.export/1"
 CHECKPOINT_SUBDIR = "checkpoints"
+
+
+def workdir_path(workdir: str) -> epath.Path:
+  """The workdir as a path: local ones made absolute, `gs://...` kept as is.
+
+  Workdirs (checkpoints, events, results) may live on Cloud Storage, as TPU
+  pod runs need; exports are local directories.
+  """
+  if "://" in workdir:
+    return epath.Path(workdir)
+  return epath.Path(os.path.abspath(workdir))
 
 
 class Checkpointer:
@@ -38,7 +50,7 @@ class Checkpointer:
       keep: number of most recent checkpoints kept.
       async_save: write in a background thread (wait() before exit).
     """
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+    self.directory = str(workdir_path(workdir) / CHECKPOINT_SUBDIR)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
         # Partial step directories left by a kill during a save are never
@@ -257,7 +269,7 @@ def open_for_resume(workdir: str, keep: int, target: Any,
     checkpointer.close()
     aside = f"{checkpointer.directory}.replaced-{int(time.time())}"
     if jax.process_index() == 0:
-      os.rename(checkpointer.directory, aside)
+      epath.Path(checkpointer.directory).rename(aside)
     multihost_utils.sync_global_devices("simclr_jax.start_over")
     logging.warning("config.train.start_over: moved the checkpoints of a "
                     "different model to %s; starting at step 0.", aside)

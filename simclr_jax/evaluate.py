@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.sharding import PartitionSpec as P
 
 from simclr_jax import parallel
@@ -103,13 +104,18 @@ def probe_logits_fn(model) -> Callable[[Any, jax.Array], jax.Array]:
 
 def write_results(workdir: str, name: str, results: Dict[str, Any]) -> str:
   """Writes `results` as `<workdir>/<name>.json` from process 0; returns the path."""
+  directory = epath.Path(workdir)
   path = os.path.join(workdir, f"{name}.json")
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(results, f, indent=2, sort_keys=True, default=_jsonable)
-    os.replace(tmp, path)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2, sort_keys=True, default=_jsonable)
+    if "://" in workdir:  # object stores write whole objects atomically
+      epath.Path(path).write_text(text)
+    else:  # a reader never sees a half-written file
+      tmp = path + ".tmp"
+      with open(tmp, "w") as f:
+        f.write(text)
+      os.replace(tmp, path)
   return path
 
 

@@ -4,7 +4,6 @@ Thin by design: parse flags, keep TensorFlow off the accelerators, initialise
 multi-host JAX when asked, then hand the config to the library.
 """
 
-import os
 import sys
 
 from absl import app
@@ -25,26 +24,27 @@ distributed.define_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Too many command-line arguments.")
-  # TensorFlow is only the input pipeline: it must not grab GPU/TPU memory.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices(
-      "TPU") else None
-  # Multi-host start-up comes before any other JAX use.
-  distributed.initialize_from_flags(FLAGS.config)
-  import jax  # pylint: disable=g-import-not-at-top
   from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from simclr_jax import preemption  # pylint: disable=g-import-not-at-top
-  from simclr_jax import pretrain  # pylint: disable=g-import-not-at-top
+  from simclr_jax import logs  # pylint: disable=g-import-not-at-top
+  logs.quiet_libraries()
+  config = FLAGS.config
+  config_lib.validate(config)  # before any device, data or compile work
+  # TensorFlow is only the input pipeline: importing the data package hides
+  # GPUs/TPUs from it before any TF op runs.
+  from simclr_jax import data  # pylint: disable=g-import-not-at-top,unused-import
+  # Multi-host start-up comes before any other JAX use.
+  distributed.initialize_from_flags(config)
+  import jax  # pylint: disable=g-import-not-at-top
   from simclr_jax import finetune  # pylint: disable=g-import-not-at-top
   from simclr_jax import linear_eval  # pylint: disable=g-import-not-at-top
+  from simclr_jax import preemption  # pylint: disable=g-import-not-at-top
+  from simclr_jax import pretrain  # pylint: disable=g-import-not-at-top
 
-  config = FLAGS.config
-  config_lib.validate(config)  # before any device or data work
   logging.info("JAX process %d/%d, %d local / %d global devices",
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-  os.makedirs(FLAGS.workdir, exist_ok=True)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  epath.Path(FLAGS.workdir).mkdir(parents=True, exist_ok=True)  # gs:// too
   try:
     if config.mode == "pretrain":
       results = pretrain.run(config, FLAGS.workdir)
