@@ -78,6 +78,8 @@ def validate(config: ml_collections.ConfigDict,
   _check_in(config, "optim.lr_scaling", optim.LR_SCALINGS)
   if config.optim.base_lr <= 0:
     _fail("optim.base_lr", config.optim.base_lr, "must be > 0")
+  if config.mode == "distill":
+    _validate_distill(config)
   if not 2 <= config.aug.num_views <= 16:
     _fail("aug.num_views", config.aug.num_views, "must be in [2, 16]")
   if config.train.steps <= 0 and config.train.epochs <= 0:
@@ -104,6 +106,17 @@ def validate(config: ml_collections.ConfigDict,
     if config.eval.batch_size % num_devices:
       _fail("eval.batch_size", config.eval.batch_size,
             f"must be divisible by the number of devices ({num_devices})")
+
+
+def _validate_distill(config: ml_collections.ConfigDict) -> None:
+  """Checks the `config.distill` fields that mode 'distill' reads."""
+  if not config.distill.teacher_export:
+    _fail("distill.teacher_export", config.distill.teacher_export,
+          "the export directory of the teacher is required in mode 'distill'")
+  if config.distill.temperature <= 0:
+    _fail("distill.temperature", config.distill.temperature, "must be > 0")
+  if config.distill.label_weight < 0:
+    _fail("distill.label_weight", config.distill.label_weight, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,6 +38,12 @@ def main(argv):
   os.makedirs(FLAGS.workdir, exist_ok=True)
   if config.mode == "pretrain":
     results = pretrain.run(config, FLAGS.workdir)
+  elif config.mode == "distill":
+    from simclr_jax import distill  # pylint: disable=g-import-not-at-top
+    results = distill.run(config, FLAGS.workdir)
+    if jax.process_index() == 0:
+      print(f"student top-1 accuracy on {config.data.eval_split}: "
+            f"{results['student']['top1']:.4f}")
   else:
     raise ValueError(f"config.mode={config.mode!r} is not implemented yet")
   if jax.process_index() == 0 and "probe" in results:
