@@ -220,3 +220,19 @@ def test_load_teacher_rejects_bad_exports(teacher_export, tmp_path):
   ckpt_lib.save_export(wrong, variables, meta["model"], 10, 16)
   with pytest.raises(ValueError, match="sup_head"):
     distill.load_teacher(_config(wrong))
+
+
+@pytest.mark.parametrize("module,arg", [
+    ("digits_distill", ""), ("digits_distill", "small"),
+    ("digits_distill", "tiny"), ("cifar10_distill", None),
+    ("digits_supcon", ""), ("digits_supcon", "tiny"),
+    ("cifar10_supcon", None)])
+def test_configs_validate(module, arg):
+  import importlib  # pylint: disable=g-import-not-at-top
+  mod = importlib.import_module(f"configs.{module}")
+  config = mod.get_config() if arg is None else mod.get_config(arg)
+  config_lib.validate(config, num_devices=8)
+  if "supcon" in module:
+    assert config.loss.name == "supcon" and config.mode == "pretrain"
+  else:
+    assert config.mode == "distill" and config.distill.label_weight == 0.0
