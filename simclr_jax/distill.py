@@ -64,7 +64,7 @@ def distill_loss(student_logits: jax.Array, teacher_logits: jax.Array,
 
 def load_teacher(config: ml_collections.ConfigDict
                  ) -> Tuple[Any, Dict[str, Any], Dict[str, Any]]:
-  """Loads and checks the teacher export named by `config.distill.teacher_export`.
+  """Loads and checks the teacher export `config.distill.teacher_export`.
 
   Args:
     config: the full configuration (mode 'distill').
@@ -160,7 +160,7 @@ def distill_replica_step(state: train.TrainState, teacher_vars: Any,
 
 def make_distill_step(student, teacher, tx, distill_cfg, schedule,
                       mesh) -> Callable:
-  """Returns jit(shard_map(distill_replica_step)): (state, teacher_vars, batch)."""
+  """Returns jit(shard_map(distill_replica_step)) of (state, teacher, batch)."""
   fn = functools.partial(distill_replica_step, student=student,
                          teacher=teacher, tx=tx, distill_cfg=distill_cfg,
                          schedule=schedule)
@@ -274,7 +274,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
       acc = evaluate_classifier(config, student, state.variables, mesh)
       writer.write_scalars(step, {"eval/student_top1": acc["top1"]})
 
-  results = {"step": int(total), "teacher_export": config.distill.teacher_export,
+  results = {"step": int(total),
+             "teacher_export": config.distill.teacher_export,
              "config": config.to_dict()}
   results["student"] = evaluate_classifier(config, student, state.variables,
                                            mesh)

@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _np_distill(student, teacher, tau):
-  """SimCLR v2 eq. (2) in float64: -mean_i sum_y P_T log P_S at temperature tau."""
+  """SimCLR v2 eq. (2) in float64: -mean_i sum_y P_T log P_S at temperature."""
   s = np.asarray(student, np.float64) / tau
   t = np.asarray(teacher, np.float64) / tau
   p_t = np.exp(t - t.max(1, keepdims=True))

@@ -85,7 +85,7 @@ def test_four_view_supcon_step_matches_numpy_on_one_and_eight_devices():
 
 @pytest.fixture(scope="module")
 def supcon_run(tmp_path_factory):
-  """configs/digits_supcon.py:tiny (SupCon, 4 views) through the CLI, 2 devices."""
+  """configs/digits_supcon.py:tiny (SupCon, 4 views) via the CLI, 2 devices."""
   workdir = str(tmp_path_factory.mktemp("supcon") / "run")
   env = dict(os.environ)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
