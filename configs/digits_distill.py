@@ -31,8 +31,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.train.probe = False  # the student's classifier is trained, not probed
   config.model.head_layers = 1  # unused by distillation; kept minimal
   config.model.proj_dim = 16
-  # Crops as mild as the teacher's fine-tuning: on strong crops of 8x8 digits
-  # the teacher is often wrong, and the student would learn its mistakes.
+  # The crop range of the digits fine-tuning (configs/digits_finetune.py): the
+  # teacher is trained on, and reliable on, crops of at least half a digit.
   config.aug.crop_area_min = 0.5
   if arg != "tiny":
     config.train.epochs = 60  # 300 steps; one view per image
