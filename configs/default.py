@@ -96,6 +96,12 @@ def get_config() -> ml_collections.ConfigDict:
   train.eval_every_steps = 0  # online evaluation interval (0 = only at end)
   train.start_over = False  # move aside workdir checkpoints of a different model and start at step 0
 
+  config.distill = distill = ml_collections.ConfigDict()
+  distill.teacher_export = ""  # mode distill: export dir of the frozen teacher (needs a classifier head)
+  distill.temperature = 1.0  # softening temperature of the teacher and student distributions
+  distill.label_weight = 0.0  # weight of the labelled cross-entropy added (0 = unlabelled only)
+  distill.eval_teacher = True  # also evaluate the teacher on the eval split (the reference accuracy)
+
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 256  # global batch of the evaluation passes
   ev.knn_k = 200  # kNN monitor: neighbours

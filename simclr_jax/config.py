@@ -80,6 +80,8 @@ def validate(config: ml_collections.ConfigDict,
   _check_in(config, "optim.lr_scaling", optim.LR_SCALINGS)
   if config.optim.base_lr <= 0:
     _fail("optim.base_lr", config.optim.base_lr, "must be > 0")
+  if config.mode == "distill":
+    _validate_distill(config)
   if not 2 <= config.aug.num_views <= 16:
     _fail("aug.num_views", config.aug.num_views, "must be in [2, 16]")
   if config.train.steps <= 0 and config.train.epochs <= 0:
@@ -152,6 +154,17 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
           "pretraining workdir) or init.random=True")
   if config.finetune.head_from < 0:
     _fail("finetune.head_from", config.finetune.head_from, "must be >= 0")
+
+
+def _validate_distill(config: ml_collections.ConfigDict) -> None:
+  """Checks the `config.distill` fields that mode 'distill' reads."""
+  if not config.distill.teacher_export:
+    _fail("distill.teacher_export", config.distill.teacher_export,
+          "the export directory of the teacher is required in mode 'distill'")
+  if config.distill.temperature <= 0:
+    _fail("distill.temperature", config.distill.temperature, "must be > 0")
+  if config.distill.label_weight < 0:
+    _fail("distill.label_weight", config.distill.label_weight, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,7 @@ def main(argv):
   # Multi-host start-up comes before any other JAX use.
   distributed.initialize_from_flags(config)
   import jax  # pylint: disable=g-import-not-at-top
+  from simclr_jax import distill  # pylint: disable=g-import-not-at-top
   from simclr_jax import finetune  # pylint: disable=g-import-not-at-top
   from simclr_jax import linear_eval  # pylint: disable=g-import-not-at-top
   from simclr_jax import preemption  # pylint: disable=g-import-not-at-top
@@ -52,6 +53,8 @@ def main(argv):
       results = linear_eval.run(config, FLAGS.workdir)
     elif config.mode == "finetune":
       results = finetune.run(config, FLAGS.workdir)
+    elif config.mode == "distill":
+      results = distill.run(config, FLAGS.workdir)
     else:
       raise ValueError(f"config.mode={config.mode!r} is not implemented yet")
   except preemption.Preempted as e:
@@ -60,7 +63,7 @@ def main(argv):
     sys.exit(preemption.PREEMPTED_EXIT_CODE)
   names = (("probe", "online linear probe"), ("knn", "kNN"),
            ("linear_probe", "linear probe"), ("linear", "linear eval"),
-           ("finetune", "fine-tuned"))  # result keys of the modes
+           ("finetune", "fine-tuned"), ("student", "distilled student"))  # result keys of the modes
   for key, name in names:
     if jax.process_index() == 0 and key in results:
       print(f"{name} top-1 accuracy on {config.data.eval_split}: "

@@ -327,6 +327,24 @@ def test_nt_logistic_eight_devices():
       functools.partial(losses.nt_logistic, temperature=0.2), z)
 
 
+def test_margin_triplet_eight_devices():
+  z = _z(73, 16, 3)
+  loss8 = _assert_same_as_one_device(
+      functools.partial(losses.margin_triplet, margin=0.5), z)
+  np.testing.assert_allclose(loss8, np_margin_triplet(z, 0.5), rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_supcon_eight_devices_four_views(variant):
+  labels = np.array([0, 1, 0, 2, 1, 3, 5, 0, 6, 1, 4, 0, 5, 1, 6, 0],
+                    np.int32)
+  z = _z(75, 16, 4)
+  fn = functools.partial(losses.supcon, temperature=0.1, variant=variant)
+  loss8 = _assert_same_as_one_device(fn, z, labels)
+  np.testing.assert_allclose(loss8, np_supcon(z, labels, 0.1, variant),
+                             rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------
 # Low precision, dispatch and bad input.
 # ---------------------------------------------------------------------------
