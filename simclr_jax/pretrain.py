@@ -70,6 +70,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   config_lib.validate(config, jax.device_count(), jax.process_count())
   # Hosts started with different flags would hang in (or corrupt) collectives.
   distributed.check_config_agreement(config, {"workdir": workdir})
+  # Exports and evaluations read the architecture back from the workdir.
+  evaluate.write_results(workdir, "config", config.to_dict())
   info = data_lib.dataset_info(config.data)
   sched = config_lib.derive_schedule(
       config, info.num_examples[config.data.train_split])
