@@ -50,6 +50,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.train.checkpoint_every_steps = 2
     config.optim.warmup_epochs = 0
     config.viz.enabled = False  # seconds-long runs: skip t-SNE and heatmaps
+    config.eval.final_probe = False  # and the L-BFGS probe (kNN still runs)
   elif arg:
     raise ValueError(f"configs/digits.py: unknown variant {arg!r}; allowed: '', 'tiny'")
   return config
