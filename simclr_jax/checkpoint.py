@@ -72,6 +72,8 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, force: bool = True) -> bool:
     """Saves `state` (a pytree of global arrays) as checkpoint `step`."""
+    # orbax's own INFO lines are filtered from the console (see logs.py).
+    logging.info("Saving checkpoint at step %d", step)
     return self._manager.save(step, args=ocp.args.StandardSave(state),
                               force=force)
 

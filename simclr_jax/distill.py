@@ -13,9 +13,9 @@ Checkpoints and resume work as in pretraining; the student is evaluated
 exactly (every example of the eval split once) and exported at the end.
 
 A pretraining run whose online linear probe serves as the teacher is exported
-with
-  python -m simclr_jax.distill --config=configs/digits_supcon.py \
-      --workdir=runs/digits_supcon --export_dir=runs/digits_supcon_teacher
+with its probe head by
+  python -m simclr_jax.export --workdir=runs/digits_supcon \
+      --out=runs/digits_supcon_teacher
 """
 
 import functools
@@ -297,66 +297,3 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
              "teacher_export": config.distill.teacher_export})
   evaluate.write_results(workdir, "distill_results", results)
   return results
-
-
-def export_pretrained(config: ml_collections.ConfigDict, workdir: str,
-                      out_dir: str) -> Dict[str, Any]:
-  """Exports the newest pretraining checkpoint of `workdir` with its probe head.
-
-  With `train.probe` the online linear probe (trained on stop_gradient(h)
-  with labels during pretraining) is the export's classifier, so the export
-  can serve as a distillation teacher.
-
-  Args:
-    config: the configuration the pretraining ran with.
-    workdir: the pretraining run directory.
-    out_dir: the export directory to create (an existing one is replaced
-      atomically).
-
-  Returns:
-    The meta.json contents of the new export.
-  """
-  mesh = parallel.make_mesh()
-  config_lib.validate(config, jax.device_count(), jax.process_count())
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=1_000_000,
-                                       async_save=False)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise ValueError(f"--workdir={workdir!r} is invalid: it holds no "
-                     "pretraining checkpoint")
-  info = data_lib.dataset_info(config.data)
-  sched = config_lib.derive_schedule(
-      config, info.num_examples[config.data.train_split])
-  _, _, _, state, _ = train.build_pretrain(config, info.num_classes, sched,
-                                           mesh)
-  state = checkpointer.restore(step, state)
-  checkpointer.close()
-  num_classes = info.num_classes if config.train.probe else 0
-  ckpt_lib.save_export(
-      out_dir, state.variables, train.model_config(config), num_classes,
-      config.data.image_size,
-      extra={"kind": "pretrained encoder + online linear probe",
-             "source": checkpointer.directory, "step": int(step)})
-  return ckpt_lib.read_export_meta(out_dir)
-
-
-def _export_main(argv) -> None:
-  """CLI: export a pretraining run as a teacher (see the module docstring)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  del argv
-  cfg = flags.FLAGS.config
-  meta = export_pretrained(cfg, flags.FLAGS.workdir, flags.FLAGS.export_dir)
-  print(f"exported step {meta['extra']['step']} of {flags.FLAGS.workdir} "
-        f"({meta['num_classes']} classes) to {flags.FLAGS.export_dir}")
-
-
-if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", None, "Pretraining config.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Pretraining run directory.")
-  flags.DEFINE_string("export_dir", None, "Export directory to write.")
-  flags.mark_flags_as_required(["config", "workdir", "export_dir"])
-  app.run(_export_main)

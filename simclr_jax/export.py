@@ -12,7 +12,7 @@ or a random initialisation (the baseline).
 
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import jax
 import ml_collections

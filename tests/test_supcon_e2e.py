@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from configs import digits_supcon
 from simclr_jax import distill
+from simclr_jax import export
 from simclr_jax import parallel
 from simclr_jax import train
 from simclr_jax.models import build_model
@@ -120,7 +121,7 @@ def test_export_of_the_run_teaches_with_the_probe_accuracy(supcon_run,
   config = digits_supcon.get_config("tiny")
   config.train.steps = 4
   out = str(tmp_path / "teacher")
-  meta = distill.export_pretrained(config, workdir, out)
+  meta = export.export_workdir(workdir, out)
   assert meta["num_classes"] == 10 and meta["extra"]["step"] == 4
   config.distill.teacher_export = out
   teacher, variables, _ = distill.load_teacher(config)
