@@ -31,7 +31,8 @@ class _Recorder:
     self.scalars = {}
 
   def write_scalars(self, step, scalars):
-    self.scalars[int(step)] = dict(scalars)
+    # Several writes per step (training metrics, then evaluations) merge.
+    self.scalars.setdefault(int(step), {}).update(scalars)
 
   def write_hparams(self, hparams):
     del hparams
