@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from simclr_jax import data as data_lib
 from simclr_jax import parallel
+from simclr_jax import progress
 
 AXIS = parallel.AXIS
 FeatureFn = Callable[[Any, jax.Array], jax.Array]
@@ -94,8 +95,12 @@ def extract(feature_fn: FeatureFn, variables: Any,
   step = make_feature_step(feature_fn, mesh)
   batch_size = config.eval.batch_size
   feats, labels = [], []
-  for batch in data_lib.make_eval_iterator(config.data, config.aug, split,
-                                           batch_size):
+  batches = progress.track(
+      data_lib.make_eval_iterator(config.data, config.aug, split, batch_size),
+      total=data_lib.num_eval_batches(config.data, split, batch_size),
+      desc=f"features of {split}", unit="batches",
+      enabled=jax.process_index() == 0)
+  for batch in batches:
     out = step(variables, parallel.host_to_global(mesh, batch["images"]))
     lab = parallel.host_to_global(mesh, batch["labels"])
     # Tiled gather: every process receives the whole global batch.
