@@ -2,7 +2,7 @@
 
 ResNet-50, 3-layer projection head, colour strength 1.0, blur on, 100 epochs,
 weight decay 1e-6. Needs the TFDS `imagenet2012` data prepared by hand:
-  python -m simclr_jax.main --config=configs/imagenet.py --workdir=gs://BUCKET/simclr \
+  python -m simclr_jax.main --config=configs/imagenet.py --workdir=/mnt/shared/runs/simclr_r50 \
       --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 """
 
