@@ -31,15 +31,6 @@ def make_writer(workdir: str) -> metric_writers.MetricWriter:
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
 
 
-def evaluate_probe(config, model, state, mesh) -> Dict[str, float]:
-  """Exact top-1/top-5 of the online linear probe on the eval split."""
-  step = evaluate.make_classifier_eval_step(evaluate.probe_logits_fn(model),
-                                            mesh)
-  batches = data_lib.make_eval_iterator(
-      config.data, config.aug, config.data.eval_split, config.eval.batch_size)
-  return evaluate.run_classifier_eval(step, state.variables, batches, mesh)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str,
         guard: Optional[preemption.PreemptionGuard] = None) -> Dict[str, Any]:
   """Pretrains (or resumes) in `workdir` and returns the final results.
@@ -151,7 +142,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
 
   results = {"step": int(total), "config": config.to_dict()}
   if config.train.probe:
-    probe = evaluate_probe(config, model, state, mesh)
+    probe = online_eval.online_probe(config, model, state.variables, mesh)
     results["probe"] = probe
     writer.write_scalars(total, {"eval/probe_top1": probe["top1"],
                                  "eval/probe_top5": probe["top5"]})

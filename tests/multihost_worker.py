@@ -55,6 +55,7 @@ def run(out_dir: str, ckpt_dir: str, restore_dir: str, steps: int,
   from simclr_jax import checkpoint as ckpt_lib
   from simclr_jax import config as config_lib
   from simclr_jax import data as data_lib
+  from simclr_jax import online_eval
   from simclr_jax import parallel
   from simclr_jax import pretrain
   from simclr_jax import train
@@ -92,7 +93,8 @@ def run(out_dir: str, ckpt_dir: str, restore_dir: str, steps: int,
   if steps:
     # The loop's own evaluation and writer: exact counts over all processes,
     # TensorBoard events from process 0 only.
-    out["probe"] = pretrain.evaluate_probe(config, model, state, mesh)
+    out["probe"] = online_eval.online_probe(config, model, state.variables,
+                                           mesh)
     writer = pretrain.make_writer(os.path.join(out_dir, "tb"))
     writer.write_scalars(steps, {"loss": losses[-1],
                                  "probe_top1": out["probe"]["top1"]})
