@@ -61,8 +61,6 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   config_lib.validate(config, jax.device_count(), jax.process_count())
   # Hosts started with different flags would hang in (or corrupt) collectives.
   distributed.check_config_agreement(config, {"workdir": workdir})
-  # Exports and evaluations read the architecture back from the workdir.
-  evaluate.write_results(workdir, "config", config.to_dict())
   info = data_lib.dataset_info(config.data)
   sched = config_lib.derive_schedule(
       config, info.num_examples[config.data.train_split])
@@ -70,6 +68,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       config, info.num_classes, sched, mesh)
   checkpointer, start = ckpt_lib.open_for_resume(
       workdir, config.train.keep_checkpoints, state, config.train.start_over)
+  # Exports and evaluations read the architecture back from the workdir;
+  # written only once the workdir's checkpoints are known to fit this model.
+  evaluate.write_results(workdir, "config", config.to_dict())
   if start:
     logging.info("Resuming from checkpoint at step %d in %s", start,
                  checkpointer.directory)
