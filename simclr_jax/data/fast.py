@@ -91,37 +91,10 @@ def to_grayscale(image: tf.Tensor) -> tf.Tensor:
   return tf.tile(gray, [1, 1, 3])
 
 
-FAST_COLOR_OPS = (photometric.adjust_brightness, photometric.adjust_contrast,
-                  photometric.adjust_saturation, photometric.adjust_hue)
-
-
 def color_distortion(image: tf.Tensor, seed: Seed, aug_cfg: Any) -> tf.Tensor:
-  """`photometric.random_color_distortion` with the faster ops (same seeds).
-
-  Args:
-    image: float32 [H, W, 3] in [0, 1].
-    seed: int tensor of shape [2].
-    aug_cfg: config with color_strength, color_prob and grayscale_prob.
-
-  Returns:
-    The distorted image in [0, 1].
-  """
-  apply_seed, jitter_seed, gray_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 3))
-
-  def jitter(image):
-    factors, order = photometric.sample_jitter(jitter_seed,
-                                               aug_cfg.color_strength)
-    for i in range(len(FAST_COLOR_OPS)):
-      branches = [functools.partial(op, image, factors[k])
-                  for k, op in enumerate(FAST_COLOR_OPS)]
-      image = tf.clip_by_value(tf.switch_case(order[i], branches), 0.0, 1.0)
-    return image
-
-  image = photometric.random_apply(jitter, aug_cfg.color_prob, apply_seed,
-                                   image)
-  return photometric.random_apply(to_grayscale, aug_cfg.grayscale_prob,
-                                  gray_seed, image)
+  """`photometric.random_color_distortion` (same seeds) with the cheap grayscale."""
+  return photometric.random_color_distortion(image, seed, aug_cfg,
+                                             grayscale_fn=to_grayscale)
 
 
 def finish_view(crop: tf.Tensor, seeds: List[Seed], size: int, aug_cfg: Any,
