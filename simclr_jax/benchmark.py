@@ -14,8 +14,10 @@ The input pipeline is timed alone (host tf.data, all views augmented); the
 train step is timed alone on a batch already on the devices, so each figure
 says what that part can sustain. `--sample_jpegs` reads scikit-learn's bundled
 photos (427x640), JPEG-encoded into a temporary image folder, as an offline
-stand-in for ImageNet files. `--input_paths` times each host path in turn,
-`--repeats` times, and prints the median: `reference` (the official-semantics
+stand-in for ImageNet files. `--input_paths` times the host paths in turns
+(one timing of each, then again, `--repeats` rounds, so a slow spell of a
+shared host hits every path alike) and prints each median, and its ratio to
+`reference` when that path is timed too: `reference` (the official-semantics
 ops), `fast` (`data.fast_jpeg`) and `on_device_host` (the host half of
 `aug.on_device`: decode, crop and resize only).
 
@@ -27,6 +29,7 @@ step (gradient of NT-Xent with respect to z) for `--memory_batches`, and of
 the whole train step for each `--grad_chunks`.
 """
 
+import gc
 import os
 import tempfile
 import time
@@ -164,6 +167,39 @@ def _with_input_path(config, name: str):
   return c
 
 
+def print_input_paths(config, names, repeats: int, num_batches: int):
+  """Times each host input path, round-robin, and prints medians and ratios.
+
+  The paths take turns (reference, fast, ..., reference, fast, ...) so that
+  a slow spell of a shared host costs every path alike, and each timing
+  starts a fresh iterator after the previous one is released.
+
+  Args:
+    config: the full config.
+    names: `--input_paths` entries.
+    repeats: timings per path.
+    num_batches: batches per timing.
+
+  Returns:
+    {name: median images/s}.
+  """
+  configs = {name: _with_input_path(config, name) for name in names}
+  runs = {name: [] for name in names}
+  for _ in range(max(1, repeats)):
+    for name in names:
+      runs[name].append(time_input(configs[name], num_batches))
+      gc.collect()  # drop the timed iterator's threads and buffers
+  medians = {name: sorted(r)[len(r) // 2] for name, r in runs.items()}
+  for name in names:
+    ips = medians[name]
+    ratio = (f", {ips / medians['reference']:.2f} x the reference path"
+             if "reference" in medians and name != "reference" else "")
+    print(f"input pipeline [{name}]: {ips:.1f} images/s "
+          f"({ips * config.aug.num_views:.1f} views/s){ratio}, median of "
+          f"{len(runs[name])}: {', '.join(f'{r:.1f}' for r in runs[name])}")
+  return medians
+
+
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
@@ -182,14 +218,8 @@ def main(argv):
         f"blur={config.aug.blur} depth={config.model.depth} "
         f"width={config.model.width} global_batch={config.train.global_batch}")
   if not FLAGS.skip_input:
-    for name in FLAGS.input_paths:
-      c = _with_input_path(config, name)
-      runs = [time_input(c, FLAGS.input_batches)
-              for _ in range(max(1, FLAGS.repeats))]
-      ips = sorted(runs)[len(runs) // 2]
-      print(f"input pipeline [{name}]: {ips:.1f} images/s "
-            f"({ips * config.aug.num_views:.1f} views/s), median of "
-            f"{len(runs)}: {', '.join(f'{r:.1f}' for r in runs)}")
+    print_input_paths(config, FLAGS.input_paths, FLAGS.repeats,
+                      FLAGS.input_batches)
   if not FLAGS.skip_train:
     ips, compile_s, step_fn, state, batch = time_train_step(
         config, FLAGS.steps, FLAGS.warmup_steps)

@@ -7,7 +7,7 @@ saturation and hue, random op order, clipping to [0, 1] after each op).
 """
 
 import functools
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -124,40 +124,54 @@ COLOR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation,
               adjust_hue)
 
 
-def apply_color_jitter(image: tf.Tensor, factors: tf.Tensor,
-                       order: tf.Tensor) -> tf.Tensor:
+def clip01(image: tf.Tensor) -> tf.Tensor:
+  """Clips to [0, 1] (after every colour op, as the official code)."""
+  return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def apply_color_jitter(image: Any, factors: tf.Tensor, order: tf.Tensor,
+                       ops: Sequence[Callable[[Any, tf.Tensor], Any]]
+                       = COLOR_OPS,
+                       clip_fn: Callable[[Any], Any] = clip01) -> Any:
   """Applies the four colour ops in `order`, clipping to [0, 1] after each.
 
   Args:
-    image: float32 [H, W, 3] in [0, 1].
+    image: float32 [H, W, 3] in [0, 1] (or any image representation `ops`
+      and `clip_fn` take, e.g. the fast path's channel planes).
     factors: float32 [4], see `sample_jitter`.
     order: int32 [4], op indices (0 brightness, 1 contrast, 2 saturation,
       3 hue).
+    ops: the four ops, in `COLOR_OPS` order.
+    clip_fn: the clip to [0, 1].
 
   Returns:
     The jittered image.
   """
-  for i in range(len(COLOR_OPS)):
+  for i in range(len(ops)):
     branches = [functools.partial(op, image, factors[k])
-                for k, op in enumerate(COLOR_OPS)]
+                for k, op in enumerate(ops)]
     image = tf.switch_case(order[i], branches)
-    image = tf.clip_by_value(image, 0.0, 1.0)
+    image = clip_fn(image)
   return image
 
 
-def color_jitter(image: tf.Tensor, seed: Seed, strength: float) -> tf.Tensor:
+def color_jitter(image: Any, seed: Seed, strength: float,
+                 ops: Sequence[Callable[[Any, tf.Tensor], Any]] = COLOR_OPS,
+                 clip_fn: Callable[[Any], Any] = clip01) -> Any:
   """Random-order colour jitter of strength `strength` (always applied).
 
   Args:
-    image: float32 [H, W, 3] in [0, 1].
+    image: float32 [H, W, 3] in [0, 1] (or what `ops` take).
     seed: int tensor of shape [2].
     strength: the colour strength s.
+    ops: the four ops, in `COLOR_OPS` order.
+    clip_fn: the clip to [0, 1].
 
   Returns:
     The jittered image in [0, 1].
   """
   factors, order = sample_jitter(seed, strength)
-  return apply_color_jitter(image, factors, order)
+  return apply_color_jitter(image, factors, order, ops, clip_fn)
 
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
@@ -172,16 +186,21 @@ def to_grayscale(image: tf.Tensor) -> tf.Tensor:
   return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
 
 
-def random_color_distortion(image: tf.Tensor, seed: Seed, aug_cfg: Any,
-                            grayscale_fn: Callable[[tf.Tensor], tf.Tensor]
-                            = to_grayscale) -> tf.Tensor:
+def random_color_distortion(image: Any, seed: Seed, aug_cfg: Any,
+                            grayscale_fn: Callable[[Any], Any] = to_grayscale,
+                            ops: Sequence[Callable[[Any, tf.Tensor], Any]]
+                            = COLOR_OPS,
+                            clip_fn: Callable[[Any], Any] = clip01) -> Any:
   """Jitter with prob color_prob, then grayscale with prob grayscale_prob.
 
   Args:
-    image: float32 [H, W, 3] in [0, 1].
+    image: float32 [H, W, 3] in [0, 1] (or what `ops` take).
     seed: int tensor of shape [2].
     aug_cfg: config with color_strength, color_prob and grayscale_prob.
-    grayscale_fn: the grayscale op (the fast path passes an equal, cheaper one).
+    grayscale_fn: the grayscale op.
+    ops: the four jitter ops, in `COLOR_OPS` order. The fast path passes
+      equal, cheaper ops on channel planes; the random draws stay these.
+    clip_fn: the clip to [0, 1] for that representation.
 
   Returns:
     The distorted image in [0, 1].
@@ -189,7 +208,8 @@ def random_color_distortion(image: tf.Tensor, seed: Seed, aug_cfg: Any,
   apply_seed, jitter_seed, gray_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3))
   jitter = functools.partial(color_jitter, seed=jitter_seed,
-                             strength=aug_cfg.color_strength)
+                             strength=aug_cfg.color_strength, ops=ops,
+                             clip_fn=clip_fn)
   image = random_apply(jitter, aug_cfg.color_prob, apply_seed, image)
   return random_apply(grayscale_fn, aug_cfg.grayscale_prob, gray_seed, image)
 
