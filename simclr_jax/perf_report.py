@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from simclr_jax import config as config_lib
+from simclr_jax import gradcache
 from simclr_jax import parallel
 from simclr_jax import train
 from simclr_jax.models import build_model
@@ -56,22 +57,32 @@ def matmul_flops_per_sec(dtype: Any, side: int = 2048, steps: int = 5) -> float:
   return 2.0 * side ** 3 / seconds
 
 
-def mean_loss_step(model, mesh):
+def mean_loss_step(model, mesh, grad_chunks: int = 1):
   """jit(shard_map) forward+backward with the loss replaced by mean(z).
 
   Same model, same global BatchNorm and gradient pmean as the train step;
-  no contrastive loss, no all_gather, no optimizer.
+  no contrastive loss, no all_gather, no optimizer. With `grad_chunks` > 1
+  the gradient goes through `gradcache` as in the train step.
   """
   def step(params, batch_stats, batch):
     images = batch["images"]
     x = images.reshape((-1,) + images.shape[2:])
 
-    def loss_fn(p):
-      out, upd = model.apply({"params": p, "batch_stats": batch_stats}, x,
+    def forward(p, chunk):
+      out, upd = model.apply({"params": p, "batch_stats": batch_stats}, chunk,
                              train=True, mutable=["batch_stats"])
-      return jnp.mean(out["z"]), upd["batch_stats"]
+      return out["z"], upd["batch_stats"]
 
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    if grad_chunks > 1:
+      (loss, _), grads, stats = gradcache.cached_value_and_grad(
+          forward, lambda z: (jnp.mean(z), None), params, x, grad_chunks)
+      stats = gradcache.mean_over_chunks(stats)
+    else:
+      def loss_fn(p):
+        z, stats = forward(p, x)
+        return jnp.mean(z), stats
+
+      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return jax.lax.pmean((loss, grads), AXIS), stats
 
   return jax.jit(parallel.per_replica(step, mesh,
@@ -171,34 +182,111 @@ def print_loss_memory(config, global_batches: Sequence[int]) -> List[Dict]:
   return rows
 
 
-def print_step_memory(config, chunk_counts: Sequence[int]) -> List[float]:
-  """Prints the compiled train-step temporary memory per `grad_chunks`.
+def _batch_spec(config, mesh, global_batch: int) -> Dict[str, Any]:
+  size, views = config.data.image_size, config.aug.num_views
+  sharding = parallel.batch_sharding(mesh)
+  return {"images": jax.ShapeDtypeStruct(
+      (global_batch, views, size, size, 3), jnp.float32, sharding=sharding),
+          "labels": jax.ShapeDtypeStruct((global_batch,), jnp.int32,
+                                         sharding=sharding)}
+
+
+def _pretrain_state_and_step(config, mesh, global_batch: int, chunks: int):
+  sched = config_lib.Schedule(steps_per_epoch=1, total_steps=10 ** 6,
+                              warmup_steps=0, peak_lr=1e-3)
+  c = config.copy_and_resolve_references()
+  c.train.global_batch = global_batch
+  c.train.grad_chunks = chunks
+  _, _, _, state, step_fn = train.build_pretrain(c, 10, sched, mesh)
+  return state, step_fn
+
+
+def step_temp_bytes(config, mesh, global_batch: int, chunks: int) -> float:
+  """Compiled temporary bytes per device of the whole train step.
+
+  Args:
+    config: the full config.
+    mesh: the device mesh.
+    global_batch: images per step.
+    chunks: `train.grad_chunks`.
+
+  Returns:
+    XLA's `temp_size_in_bytes` of the compiled step (nothing is run).
+  """
+  state, step_fn = _pretrain_state_and_step(config, mesh, global_batch, chunks)
+  batch = _batch_spec(config, mesh, global_batch)
+  return float(step_fn.lower(state, batch).compile().memory_analysis()
+               .temp_size_in_bytes)
+
+
+def encoder_temp_bytes(config, mesh, global_batch: int, chunks: int) -> float:
+  """Compiled temporary bytes per device of the model's forward+backward.
+
+  The loss is a plain mean of the projections (`mean_loss_step`), so the
+  figure is the network's own memory, without the contrastive loss block
+  that gradient caching keeps whole by design (its size is the loss table's).
+
+  Args:
+    config: the full config.
+    mesh: the device mesh.
+    global_batch: images per step.
+    chunks: `train.grad_chunks`.
+
+  Returns:
+    XLA's `temp_size_in_bytes` (nothing is run).
+  """
+  state, _ = _pretrain_state_and_step(config, mesh, global_batch, 1)
+  model = build_model(train.model_config(config), num_classes=0,
+                      axis_name=AXIS)
+  fn = mean_loss_step(model, mesh, chunks)
+  params = {k: v for k, v in state.params.items() if k != "sup_head"}
+  batch = _batch_spec(config, mesh, global_batch)
+  return float(fn.lower(params, state.batch_stats, batch).compile()
+               .memory_analysis().temp_size_in_bytes)
+
+
+def print_step_memory(config, chunk_counts: Sequence[int]) -> List[Dict]:
+  """Prints the train step's temporary and activation memory per grad_chunks.
+
+  Two tables. The whole train step's temporary memory per device, loss
+  included. Then the activation memory: the temporary memory of the model's
+  forward+backward (loss = mean of the projections) is a part that does not
+  depend on the batch (gradient buffers) plus a part proportional to it, the
+  activations kept for the backward pass. Compiling at the global batch N
+  and at N / 2 separates them: fixed = 2 T(N / 2) - T(N), activations =
+  T(N) - fixed. Gradient caching should divide the activations by the number
+  of chunks.
 
   Args:
     config: the full config (model, train.global_batch).
     chunk_counts: `train.grad_chunks` values.
 
   Returns:
-    Temporary bytes per device, one per chunk count.
+    One dict per chunk count: 'chunks', 'step_bytes', 'fixed_bytes',
+    'activation_bytes'.
   """
   mesh = parallel.make_mesh()
-  sched = config_lib.Schedule(steps_per_epoch=1, total_steps=10 ** 6,
-                              warmup_steps=0, peak_lr=1e-3)
-  size, views = config.data.image_size, config.aug.num_views
   n = config.train.global_batch
-  batch = {"images": jax.ShapeDtypeStruct(
-      (n, views, size, size, 3), jnp.float32,
-      sharding=parallel.batch_sharding(mesh)),
-           "labels": jax.ShapeDtypeStruct(
-               (n,), jnp.int32, sharding=parallel.batch_sharding(mesh))}
+  if n % (2 * mesh.size):
+    raise ValueError(f"train.global_batch = {n} is invalid for the memory "
+                     f"table: need a multiple of 2 x {mesh.size} devices (the "
+                     "activations are separated at half the batch too).")
   out = []
   for chunks in chunk_counts:
-    c = config.copy_and_resolve_references()
-    c.train.grad_chunks = chunks
-    _, _, _, state, step_fn = train.build_pretrain(c, 10, sched, mesh)
-    mem = step_fn.lower(state, batch).compile().memory_analysis()
-    out.append(float(mem.temp_size_in_bytes))
+    step = step_temp_bytes(config, mesh, n, chunks)
+    full = encoder_temp_bytes(config, mesh, n, chunks)
+    half = encoder_temp_bytes(config, mesh, n // 2, chunks)
+    fixed = max(0.0, 2.0 * half - full)
+    out.append({"chunks": chunks, "step_bytes": step, "fixed_bytes": fixed,
+                "activation_bytes": full - fixed})
+    first, row = out[0], out[-1]
     print(f"train step, global batch {n} over {mesh.size} devices, "
-          f"grad_chunks={chunks}: {out[-1] / MIB:.1f} MiB temporary per "
-          f"device ({out[0] / out[-1]:.2f} x less than unchunked)")
+          f"grad_chunks={chunks}: {step / MIB:.1f} MiB temporary per device "
+          f"({first['step_bytes'] / step:.2f} x less than "
+          f"grad_chunks={first['chunks']}); activation memory "
+          f"{row['activation_bytes'] / MIB:.1f} MiB "
+          f"({first['activation_bytes'] / row['activation_bytes']:.2f} x "
+          f"less; forward+backward {full / MIB:.1f} MiB at batch {n}, "
+          f"{half / MIB:.1f} MiB at {n // 2}, of which {fixed / MIB:.1f} MiB "
+          "does not depend on the batch)")
   return out
