@@ -12,13 +12,11 @@ boxes and the same random choices for the same seed), with less work:
   reference) and only over taps whose weight is representable next to the
   centre tap (|d| <= BLUR_TAIL_SIGMAS * sigma): the dropped taps are below
   1e-8 of the centre, under float32 resolution of the normalised sum;
-* the colour ops run on the three channel planes, saturation and hue in
-  closed form (vectorised elementwise ops instead of TF's per-pixel HSV
-  round trips), grayscale as three multiply-adds; the random draws are the
-  reference's own (`photometric.random_color_distortion` with these ops);
-* the vertical blur pass is vectorised over whole rows;
-* the crop is resized from uint8 (one float scaling of the output instead of
-  a conversion of the whole decoded window);
+* the vertical blur pass is vectorised over whole rows (a depthwise
+  convolution with W x 3 channels instead of 3);
+* grayscale is three multiply-adds instead of a matrix product, and the
+  crop is resized from uint8 (one float scaling of the output instead of a
+  conversion of the whole decoded window);
 * with `on_device` the host stops after crop and resize and the rest runs
   in JAX in the train step (`simclr_jax.augment_jax`).
 
@@ -27,7 +25,7 @@ reference decode and the same per-view code.
 """
 
 import functools
-from typing import Any, List, Tuple
+from typing import Any, List
 
 import tensorflow as tf
 
@@ -99,116 +97,17 @@ def fast_blur(image: tf.Tensor, kernel_size: int,
   return tf.ensure_shape(out[0], image.shape)
 
 
-# Colour ops on channel planes. TF's fused HSV kernels (adjust_saturation,
-# adjust_hue) convert pixel by pixel with branches; on a host core they cost
-# about ten times the arithmetic. The same functions written as elementwise
-# ops on the three [H, W] planes are vectorised and equal them to float32
-# rounding. With V = max, m = min and C = V - m over the channels of a pixel:
-#
-# * saturation: s = C / V is scaled and clipped to [0, 1] while H and V stay,
-#   so every channel moves towards V by the same ratio:
-#   x' = V - (V - x) * clip(factor, 0, V / C)  (x' = V where V <= 0 or C = 0,
-#   where TF's s is 0);
-# * hue: H in [0, 6) sectors is shifted by 6 delta and converted back with
-#   x'_c = V - C * clip(min(k_c, 4 - k_c), 0, 1), k_c = (H + n_c) mod 6,
-#   n = (5, 3, 1) for (r, g, b): the closed form of TF's sector table.
-Planes = Tuple[tf.Tensor, tf.Tensor, tf.Tensor]
-HUE_OFFSETS = (5.0, 3.0, 1.0)
-
-
-def to_planes(image: tf.Tensor) -> Planes:
-  """[H, W, 3] -> (r, g, b) planes of [H, W]."""
-  return tuple(tf.unstack(image, axis=-1))
-
-
-def from_planes(planes: Planes) -> tf.Tensor:
-  """(r, g, b) planes -> [H, W, 3] (one transpose, cheaper than a stack)."""
-  return tf.transpose(tf.stack(planes), [1, 2, 0])
-
-
-def brightness_planes(planes: Planes, factor: tf.Tensor) -> Planes:
-  """`photometric.adjust_brightness` on planes."""
-  return tuple(x * factor for x in planes)
-
-
-def contrast_planes(planes: Planes, factor: tf.Tensor) -> Planes:
-  """`tf.image.adjust_contrast` on planes: (x - mean) * factor + mean."""
-  out = []
-  for x in planes:
-    mean = tf.reduce_mean(x)
-    out.append((x - mean) * factor + mean)
-  return tuple(out)
-
-
-def _max_min(planes: Planes) -> Tuple[tf.Tensor, tf.Tensor]:
-  r, g, b = planes
-  return (tf.maximum(tf.maximum(r, g), b), tf.minimum(tf.minimum(r, g), b))
-
-
-def saturation_planes(planes: Planes, factor: tf.Tensor) -> Planes:
-  """`tf.image.adjust_saturation` on planes, in closed form (see above)."""
-  v, m = _max_min(planes)
-  ratio = tf.maximum(tf.minimum(tf.math.divide_no_nan(v, v - m), factor), 0.0)
-  return tuple(v - (v - x) * ratio for x in planes)
-
-
-def _mod6(x: tf.Tensor) -> tf.Tensor:
-  # floor-based: tf.math.floormod on floats is several times slower.
-  return x - 6.0 * tf.floor(x * (1.0 / 6.0))
-
-
-def hue_planes(planes: Planes, delta: tf.Tensor) -> Planes:
-  """`tf.image.adjust_hue` on planes, in closed form (see above)."""
-  r, g, b = planes
-  v, m = _max_min(planes)
-  c = v - m
-  inv = tf.math.divide_no_nan(1.0, c)  # grey pixels: H = 0, output V
-  hue = tf.where(v == r, (g - b) * inv,
-                 tf.where(v == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
-  hue = hue + 6.0 * delta
-  out = []
-  for offset in HUE_OFFSETS:
-    k = _mod6(hue + offset)
-    out.append(v - c * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0))
-  return tuple(out)
-
-
-PLANE_COLOR_OPS = (brightness_planes, contrast_planes, saturation_planes,
-                   hue_planes)
-
-
-def clip_planes(planes: Planes) -> Planes:
-  """Clips every plane to [0, 1]."""
-  return tuple(tf.clip_by_value(x, 0.0, 1.0) for x in planes)
-
-
-def grayscale_planes(planes: Planes) -> Planes:
-  """Luma grayscale (`tf.image.rgb_to_grayscale` weights) as three planes."""
-  w = GRAY_WEIGHTS
-  gray = planes[0] * w[0] + planes[1] * w[1] + planes[2] * w[2]
-  return (gray, gray, gray)
-
-
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
   """Luma grayscale as three equal channels, without a matrix product."""
-  return from_planes(grayscale_planes(to_planes(image)))
+  w = GRAY_WEIGHTS
+  gray = image[..., 0:1] * w[0] + image[..., 1:2] * w[1] + image[..., 2:3] * w[2]
+  return tf.tile(gray, [1, 1, 3])
 
 
 def color_distortion(image: tf.Tensor, seed: Seed, aug_cfg: Any) -> tf.Tensor:
-  """`photometric.random_color_distortion` (same seeds) on channel planes.
-
-  Args:
-    image: float32 [H, W, 3].
-    seed: int tensor of shape [2].
-    aug_cfg: the `config.aug` ConfigDict.
-
-  Returns:
-    float32 [H, W, 3] in [0, 1].
-  """
-  planes = photometric.random_color_distortion(
-      to_planes(image), seed, aug_cfg, grayscale_fn=grayscale_planes,
-      ops=PLANE_COLOR_OPS, clip_fn=clip_planes)
-  return from_planes(planes)
+  """`photometric.random_color_distortion` (same seeds) with the cheap grayscale."""
+  return photometric.random_color_distortion(image, seed, aug_cfg,
+                                             grayscale_fn=to_grayscale)
 
 
 def finish_view(crop: tf.Tensor, seeds: List[Seed], size: int, aug_cfg: Any,

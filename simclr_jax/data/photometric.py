@@ -7,7 +7,7 @@ saturation and hue, random op order, clipping to [0, 1] after each op).
 """
 
 import functools
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable, Tuple
 
 import tensorflow as tf
 
@@ -124,54 +124,40 @@ COLOR_OPS = (adjust_brightness, adjust_contrast, adjust_saturation,
               adjust_hue)
 
 
-def clip01(image: tf.Tensor) -> tf.Tensor:
-  """Clips to [0, 1] (after every colour op, as the official code)."""
-  return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def apply_color_jitter(image: Any, factors: tf.Tensor, order: tf.Tensor,
-                       ops: Sequence[Callable[[Any, tf.Tensor], Any]]
-                       = COLOR_OPS,
-                       clip_fn: Callable[[Any], Any] = clip01) -> Any:
+def apply_color_jitter(image: tf.Tensor, factors: tf.Tensor,
+                       order: tf.Tensor) -> tf.Tensor:
   """Applies the four colour ops in `order`, clipping to [0, 1] after each.
 
   Args:
-    image: float32 [H, W, 3] in [0, 1] (or any image representation `ops`
-      and `clip_fn` take, e.g. the fast path's channel planes).
+    image: float32 [H, W, 3] in [0, 1].
     factors: float32 [4], see `sample_jitter`.
     order: int32 [4], op indices (0 brightness, 1 contrast, 2 saturation,
       3 hue).
-    ops: the four ops, in `COLOR_OPS` order.
-    clip_fn: the clip to [0, 1].
 
   Returns:
     The jittered image.
   """
-  for i in range(len(ops)):
+  for i in range(len(COLOR_OPS)):
     branches = [functools.partial(op, image, factors[k])
-                for k, op in enumerate(ops)]
+                for k, op in enumerate(COLOR_OPS)]
     image = tf.switch_case(order[i], branches)
-    image = clip_fn(image)
+    image = tf.clip_by_value(image, 0.0, 1.0)
   return image
 
 
-def color_jitter(image: Any, seed: Seed, strength: float,
-                 ops: Sequence[Callable[[Any, tf.Tensor], Any]] = COLOR_OPS,
-                 clip_fn: Callable[[Any], Any] = clip01) -> Any:
+def color_jitter(image: tf.Tensor, seed: Seed, strength: float) -> tf.Tensor:
   """Random-order colour jitter of strength `strength` (always applied).
 
   Args:
-    image: float32 [H, W, 3] in [0, 1] (or what `ops` take).
+    image: float32 [H, W, 3] in [0, 1].
     seed: int tensor of shape [2].
     strength: the colour strength s.
-    ops: the four ops, in `COLOR_OPS` order.
-    clip_fn: the clip to [0, 1].
 
   Returns:
     The jittered image in [0, 1].
   """
   factors, order = sample_jitter(seed, strength)
-  return apply_color_jitter(image, factors, order, ops, clip_fn)
+  return apply_color_jitter(image, factors, order)
 
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
@@ -186,21 +172,16 @@ def to_grayscale(image: tf.Tensor) -> tf.Tensor:
   return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3])
 
 
-def random_color_distortion(image: Any, seed: Seed, aug_cfg: Any,
-                            grayscale_fn: Callable[[Any], Any] = to_grayscale,
-                            ops: Sequence[Callable[[Any, tf.Tensor], Any]]
-                            = COLOR_OPS,
-                            clip_fn: Callable[[Any], Any] = clip01) -> Any:
+def random_color_distortion(image: tf.Tensor, seed: Seed, aug_cfg: Any,
+                            grayscale_fn: Callable[[tf.Tensor], tf.Tensor]
+                            = to_grayscale) -> tf.Tensor:
   """Jitter with prob color_prob, then grayscale with prob grayscale_prob.
 
   Args:
-    image: float32 [H, W, 3] in [0, 1] (or what `ops` take).
+    image: float32 [H, W, 3] in [0, 1].
     seed: int tensor of shape [2].
     aug_cfg: config with color_strength, color_prob and grayscale_prob.
-    grayscale_fn: the grayscale op.
-    ops: the four jitter ops, in `COLOR_OPS` order. The fast path passes
-      equal, cheaper ops on channel planes; the random draws stay these.
-    clip_fn: the clip to [0, 1] for that representation.
+    grayscale_fn: the grayscale op (the fast path passes an equal, cheaper one).
 
   Returns:
     The distorted image in [0, 1].
@@ -208,8 +189,7 @@ def random_color_distortion(image: Any, seed: Seed, aug_cfg: Any,
   apply_seed, jitter_seed, gray_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 3))
   jitter = functools.partial(color_jitter, seed=jitter_seed,
-                             strength=aug_cfg.color_strength, ops=ops,
-                             clip_fn=clip_fn)
+                             strength=aug_cfg.color_strength)
   image = random_apply(jitter, aug_cfg.color_prob, apply_seed, image)
   return random_apply(grayscale_fn, aug_cfg.grayscale_prob, gray_seed, image)
 
