@@ -5,8 +5,8 @@ block per stage at half the width) sees the crop+flip view the teacher sees
 and learns from the teacher's softened class distribution only (no labels).
 Make a teacher first, e.g. the SupCon encoder with its online linear probe:
   python -m simclr_jax.main --config=configs/digits_supcon.py --workdir=runs/digits_supcon
-  python -m simclr_jax.distill --config=configs/digits_supcon.py \
-      --workdir=runs/digits_supcon --export_dir=runs/digits_supcon_teacher
+  python -m simclr_jax.export --workdir=runs/digits_supcon \
+      --out=runs/digits_supcon_teacher
 then distil:
   python -m simclr_jax.main --config=configs/digits_distill.py --workdir=runs/digits_distill \
       --config.distill.teacher_export=runs/digits_supcon_teacher

@@ -2,7 +2,7 @@
 
 SGD + Nesterov, lr 0.1 x B/256, weight decay 1e-6, batch 4096, 90 epochs,
 random crop + flip, centre crop 0.875 at evaluation.
-  python -m simclr_jax.convert --tf2_checkpoint=r50_1x_sk0/saved_model/... --out=r50_1x
+  python -m simclr_jax.convert --tf2_checkpoint=r50_1x_sk0/<...>/ckpt-N --out=r50_1x
   python -m simclr_jax.evaluate --export=r50_1x --config=configs/imagenet_linear.py \
       --config.data.data_dir=$TFDS_DATA_DIR
 """

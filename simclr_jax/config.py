@@ -23,8 +23,22 @@ PROTOCOLS = ("linear", "fast_probe", "knn")  # evaluations of the linear_eval mo
 _STEM_DOWNSAMPLE = {"cifar": 8, "imagenet": 32}
 
 
-def _fail(field: str, value, allowed: str) -> None:
-  raise ValueError(f"config.{field}={value!r} is invalid: {allowed}")
+class ConfigError(ValueError):
+  """A configuration value that cannot run; the message is one line.
+
+  Entry points print it without a traceback and exit with status 2.
+  """
+
+
+def fail(field: str, value, allowed: str) -> None:
+  """Raises ConfigError as `config.<field>=<value> is invalid: <allowed>`.
+
+  The one format of every configuration error, wherever it is detected.
+  """
+  raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
+
+
+_fail = fail
 
 
 def _check_in(config, field: str, allowed) -> None:

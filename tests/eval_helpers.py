@@ -10,12 +10,12 @@ import jax
 import numpy as np
 
 from configs import digits
-from simclr_jax import checkpoint as ckpt_lib
+from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax import config as config_lib
 from simclr_jax import data as data_lib
-from simclr_jax import evaluate
+from simclr_jax.engine import results as results_lib
 from simclr_jax import parallel
-from simclr_jax import train
+from simclr_jax.modes import pretrain
 
 
 def tiny_config():
@@ -31,7 +31,7 @@ def make_workdir(workdir: str, step: int = 4):
   mesh = parallel.make_mesh()
   info = data_lib.dataset_info(config.data)
   sched = config_lib.derive_schedule(config, info.num_examples["train"])
-  _, _, _, state, _ = train.build_pretrain(config, info.num_classes, sched,
+  _, _, _, state, _ = pretrain.build_pretrain(config, info.num_classes, sched,
                                            mesh)
   host = jax.device_get(state)
   rng = np.random.default_rng(0)
@@ -53,5 +53,5 @@ def make_workdir(workdir: str, step: int = 4):
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=3)
   checkpointer.save(step, state)
   checkpointer.close()
-  evaluate.write_results(workdir, "config", config.to_dict())
+  results_lib.write_results(workdir, "config", config.to_dict())
   return config, host

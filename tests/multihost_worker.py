@@ -52,13 +52,13 @@ def run(out_dir: str, ckpt_dir: str, restore_dir: str, steps: int,
   """
   import jax
   import numpy as np
-  from simclr_jax import checkpoint as ckpt_lib
+  from simclr_jax.engine import checkpoint as ckpt_lib
   from simclr_jax import config as config_lib
   from simclr_jax import data as data_lib
-  from simclr_jax import online_eval
+  from simclr_jax.engine import writer as writer_lib
+  from simclr_jax.evals import classifier
   from simclr_jax import parallel
-  from simclr_jax import pretrain
-  from simclr_jax import train
+  from simclr_jax.modes import pretrain
 
   config = tiny_config()
   pi, pc = jax.process_index(), jax.process_count()
@@ -68,7 +68,7 @@ def run(out_dir: str, ckpt_dir: str, restore_dir: str, steps: int,
   info = data_lib.dataset_info(config.data)
   sched = config_lib.derive_schedule(
       config, info.num_examples[config.data.train_split])
-  model, _, _, state, step_fn = train.build_pretrain(config, info.num_classes,
+  model, _, _, state, step_fn = pretrain.build_pretrain(config, info.num_classes,
                                                  sched, mesh)
   out = {"process_index": pi, "process_count": pc, "devices": mesh.size}
   arrays = {}
@@ -93,9 +93,9 @@ def run(out_dir: str, ckpt_dir: str, restore_dir: str, steps: int,
   if steps:
     # The loop's own evaluation and writer: exact counts over all processes,
     # TensorBoard events from process 0 only.
-    out["probe"] = online_eval.online_probe(config, model, state.variables,
-                                           mesh)
-    writer = pretrain.make_writer(os.path.join(out_dir, "tb"))
+    out["probe"] = classifier.ClassifierEval("probe", config, model, mesh).run(
+        state.variables, steps)
+    writer = writer_lib.Writer(os.path.join(out_dir, "tb"))
     writer.write_scalars(steps, {"loss": losses[-1],
                                  "probe_top1": out["probe"]["top1"]})
     writer.close()

@@ -136,16 +136,16 @@ def test_parameter_distribution_matches_reference_sampler():
 
 
 def test_on_device_step_augmentation_keys_per_step_and_device():
-  """train.augment_on_device: key fold_in(fold_in(seed, step), device)."""
+  """pretrain.augment_on_device: key fold_in(fold_in(seed, step), device)."""
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
-  from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  from simclr_jax.modes import pretrain
   cfg = imagenet.get_config().aug
   mesh = parallel.make_mesh()
   images = np.random.default_rng(2).uniform(
       size=(8, 2, 16, 16, 3)).astype(np.float32)
   fn = jax.jit(parallel.per_replica(
-      lambda b, s: train.augment_on_device(b, s, cfg, 5)["images"], mesh,
+      lambda b, s: pretrain.augment_on_device(b, s, cfg, 5)["images"], mesh,
       in_specs=(P(parallel.AXIS), P()), out_specs=P(parallel.AXIS)))
   batch = parallel.host_to_global(mesh, {"images": images})
   out = np.asarray(fn(batch, parallel.replicate(mesh, np.int32(7))))

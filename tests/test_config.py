@@ -9,8 +9,8 @@ import pytest
 from configs import cifar10, default, digits, imagenet
 from simclr_jax import config as config_lib
 from simclr_jax import optim
-from simclr_jax import pretrain
-from simclr_jax import train
+from simclr_jax.modes import pretrain
+from simclr_jax.engine import state as state_lib
 from simclr_jax.models import build_model
 
 
@@ -102,7 +102,7 @@ def test_is_time_single_decision_point():
 
 def test_lars_masks_exclude_bn_and_biases_include_kernels():
   config = digits.get_config()
-  model = build_model(train.model_config(config), num_classes=10)
+  model = build_model(state_lib.model_config(config), num_classes=10)
   params = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)),
                          train=False))["params"]

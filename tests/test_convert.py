@@ -15,8 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from simclr_jax import checkpoint, convert_map
-from simclr_jax.convert import (convert_tf2_checkpoint, match_variables,
+from simclr_jax.engine import checkpoint
+from simclr_jax.tools import convert_map
+from simclr_jax.tools.convert import (convert_tf2_checkpoint, match_variables,
                                 model_leaf_shapes)
 from simclr_jax.models import build_model, count_params
 

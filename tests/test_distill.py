@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from configs import digits_distill
-from simclr_jax import checkpoint as ckpt_lib
+from simclr_jax.evals import encoders
+from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax import config as config_lib
 from simclr_jax import data as data_lib
-from simclr_jax import distill
+from simclr_jax.modes import distill
 from simclr_jax import optim
 from simclr_jax import parallel
-from simclr_jax import train
+from simclr_jax.engine import state as state_lib
 from simclr_jax.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,9 +54,9 @@ def teacher_export(tmp_path_factory):
   """A randomly initialised tiny teacher with a 10-class head, exported."""
   config = digits_distill.get_config("tiny")
   config.model.head_layers = 2  # a different architecture from the student
-  model_cfg = train.model_config(config)
+  model_cfg = state_lib.model_config(config)
   model = build_model(model_cfg, num_classes=10)
-  variables = train.init_variables(model, 16, seed=7)
+  variables = state_lib.init_variables(model, 16, seed=7)
   path = str(tmp_path_factory.mktemp("teacher") / "export")
   ckpt_lib.save_export(path, variables, model_cfg, 10, 16)
   return path
@@ -83,11 +84,11 @@ def test_distill_loss_matches_numpy_and_its_gradient(tau):
 
 def _step_on(devices, config, teacher, teacher_vars, variables, batch):
   mesh = parallel.make_mesh(devices)
-  student = build_model(train.model_config(config), num_classes=10,
+  student = build_model(state_lib.model_config(config), num_classes=10,
                         axis_name=parallel.AXIS, sup_stop_gradient=False)
   schedule = optim.make_schedule(0.1, total_steps=10, warmup_steps=0)
   tx = optim.make_optimizer(config.optim, schedule)
-  state = parallel.replicate(mesh, train.TrainState(
+  state = parallel.replicate(mesh, state_lib.TrainState(
       step=np.zeros((), np.int32), params=variables["params"],
       batch_stats=variables["batch_stats"],
       opt_state=tx.init(variables["params"])))
@@ -102,10 +103,10 @@ def test_step_one_vs_eight_devices_and_numpy_loss(teacher_export):
   config = _config(teacher_export)
   config.distill.temperature = 2.0
   config.distill.label_weight = 0.5
-  teacher, teacher_vars, _ = distill.load_teacher(config)
-  student = build_model(train.model_config(config), num_classes=10,
+  teacher, teacher_vars, _ = encoders.load_teacher(config)
+  student = build_model(state_lib.model_config(config), num_classes=10,
                         sup_stop_gradient=False)
-  variables = train.init_variables(student, 16, seed=0)
+  variables = state_lib.init_variables(student, 16, seed=0)
   rng = np.random.default_rng(0)
   batch = {"images": rng.uniform(size=(16, 16, 16, 3)).astype(np.float32),
            "labels": rng.integers(0, 10, size=16).astype(np.int32)}
@@ -169,7 +170,7 @@ def test_run_evaluates_exports_and_resumes(teacher_export, tmp_path):
   assert sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) == [2, 4]
   assert results["step"] == 4
   assert results["student"]["num_examples"] == 360  # every test digit, once
-  teacher, teacher_vars, _ = distill.load_teacher(config)
+  teacher, teacher_vars, _ = encoders.load_teacher(config)
   top1, count = _eval_reference(config, teacher, teacher_vars)
   assert count == 360
   assert results["teacher"]["top1"] == pytest.approx(top1, abs=1e-9)
@@ -203,23 +204,23 @@ def test_validate_rejects_bad_fields(field, value, match):
 
 def test_load_teacher_rejects_bad_exports(teacher_export, tmp_path):
   with pytest.raises(ValueError, match="no such directory"):
-    distill.load_teacher(_config(tmp_path / "missing"))
+    encoders.load_teacher(_config(tmp_path / "missing"))
   config = _config(teacher_export)
   config.data.image_size = 32
   with pytest.raises(ValueError, match="data.image_size"):
-    distill.load_teacher(config)
+    encoders.load_teacher(config)
   # An encoder-only export (no classifier head) cannot teach.
   variables, meta = ckpt_lib.load_export(teacher_export)
   variables["params"].pop("sup_head")
   headless = str(tmp_path / "headless")
   ckpt_lib.save_export(headless, variables, meta["model"], 0, 16)
   with pytest.raises(ValueError, match="no classifier head"):
-    distill.load_teacher(_config(headless))
+    encoders.load_teacher(_config(headless))
   # An export whose variables do not match its own meta.json.
   wrong = str(tmp_path / "wrong")
   ckpt_lib.save_export(wrong, variables, meta["model"], 10, 16)
   with pytest.raises(ValueError, match="sup_head"):
-    distill.load_teacher(_config(wrong))
+    encoders.load_teacher(_config(wrong))
 
 
 @pytest.mark.parametrize("module,arg", [

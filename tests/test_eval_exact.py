@@ -10,8 +10,8 @@ from configs import digits_finetune
 from configs import digits_linear
 from simclr_jax import config as config_lib
 from simclr_jax import data as data_lib
-from simclr_jax import evaluate
-from simclr_jax import features
+from simclr_jax.evals import classifier
+from simclr_jax.evals import features
 from simclr_jax import parallel
 
 
@@ -26,8 +26,8 @@ def test_exact_eval_counts_every_example_once_on_8_devices():
   rng = np.random.default_rng(0)
   w = rng.normal(size=(16 * 16 * 3, 10)).astype(np.float32)
   mesh = parallel.make_mesh()
-  step = evaluate.make_classifier_eval_step(_logits_fn, mesh)
-  got = evaluate.run_classifier_eval(
+  step = classifier.make_classifier_eval_step(_logits_fn, mesh)
+  got = classifier.run_classifier_eval(
       step, parallel.replicate(mesh, {"w": w}),
       data_lib.make_eval_iterator(config.data, config.aug, "test", batch),
       mesh)

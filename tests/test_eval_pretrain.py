@@ -7,7 +7,7 @@ import os
 import tensorflow as tf
 
 import eval_helpers
-from simclr_jax import pretrain
+from simclr_jax.modes import pretrain
 
 
 def _scalar_tags(workdir):

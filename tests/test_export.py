@@ -11,12 +11,13 @@ import pytest
 
 import eval_helpers
 from configs import digits_linear
-from simclr_jax import checkpoint as ckpt_lib
+from simclr_jax.evals import encoders
+from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax import data as data_lib
-from simclr_jax import export
-from simclr_jax import features
+from simclr_jax.tools import export
+from simclr_jax.evals import features
 from simclr_jax import parallel
-from simclr_jax import train
+from simclr_jax.engine import state as state_lib
 from simclr_jax.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +37,7 @@ def test_export_holds_every_variable_and_the_image_convention(exported):
   variables, meta = ckpt_lib.load_export(out)
   assert meta["image_size"] == 16 and meta["image_range"] == [0.0, 1.0]
   assert meta["extra"]["step"] == 4 and meta["num_classes"] == 10
-  assert meta["model"] == train.model_config(config) | {
+  assert meta["model"] == state_lib.model_config(config) | {
       "stage_sizes": [1, 1, 1, 1], "base_widths": [8, 16, 32, 64]}
   want = jax.tree_util.tree_leaves_with_path(
       {"params": host.params, "batch_stats": host.batch_stats})
@@ -51,7 +52,7 @@ def test_features_from_export_equal_the_live_model(exported):
   config, host, out, _ = exported
   # Live model: the pretraining state applied directly, on one device, to
   # all 360 test images in a single unpadded batch.
-  live = build_model(train.model_config(config), num_classes=10)
+  live = build_model(state_lib.model_config(config), num_classes=10)
   batch = next(data_lib.make_eval_iterator(config.data, config.aug, "test",
                                            360))
   want = jax.jit(lambda v, x: live.apply(v, x, train=False)["h"])(
@@ -59,7 +60,7 @@ def test_features_from_export_equal_the_live_model(exported):
       batch["images"])
   # Export: loaded from disk, 8 devices, padded batches of 64, reordered.
   config.init.export = out
-  variables, model_cfg, source = export.load_encoder(config)
+  variables, model_cfg, source = encoders.load_encoder(config)
   assert source["kind"] == "export"
   model = build_model(model_cfg, num_classes=0)
   mesh = parallel.make_mesh()
@@ -80,7 +81,7 @@ def test_export_of_wrong_shape_names_the_parameters(exported, tmp_path):
   config = eval_helpers.tiny_config()
   config.init.export = bad
   with pytest.raises(ValueError, match=r"shape mismatch at params/encoder/"):
-    export.load_encoder(config)
+    encoders.load_encoder(config)
 
 
 def test_missing_workdir_config_is_a_clear_error(tmp_path):
@@ -102,7 +103,7 @@ def test_evaluate_cli_on_export_writes_results(exported, tmp_path):
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-  assert "linear top-1 accuracy on test" in proc.stdout
+  assert "linear eval top-1 accuracy on test" in proc.stdout
   with open(os.path.join(workdir, "linear_eval_results.json")) as f:
     results = json.load(f)
   for key in ("linear", "linear_probe", "knn"):

@@ -5,7 +5,7 @@ import pytest
 from sklearn import linear_model
 
 from configs import digits
-from simclr_jax import fast_probe
+from simclr_jax.evals import fast_probe
 
 
 def _problem(seed=0, n=120, d=6, c=3):

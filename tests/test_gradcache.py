@@ -11,7 +11,8 @@ from jax.sharding import PartitionSpec as P
 from configs import digits
 from simclr_jax import gradcache
 from simclr_jax import parallel
-from simclr_jax import train
+from simclr_jax.engine import state as state_lib
+from simclr_jax.modes import pretrain
 from simclr_jax.models import build_model
 
 AXIS = parallel.AXIS
@@ -37,10 +38,10 @@ def setup():
   config = digits.get_config("tiny")
   config.model.stem = "cifar"
   config.train.global_batch = 32  # 4 images (8 views) per device
-  model = build_model(train.model_config(config), num_classes=10,
+  model = build_model(state_lib.model_config(config), num_classes=10,
                       axis_name=AXIS)
-  variables = train.init_variables(
-      build_model(train.model_config(config), num_classes=10),
+  variables = state_lib.init_variables(
+      build_model(state_lib.model_config(config), num_classes=10),
       config.data.image_size, seed=0)
   rng = np.random.default_rng(0)
   # Non-trivial statistics and BN scales so every path carries gradient.
@@ -71,9 +72,9 @@ def _inference_grads(params, stats, batch, *, model, config, chunks):
     return {"z": out["z"], "logits": out["logits"]}, ()
 
   def loss_fn(outputs):
-    loss, _ = train.contrastive_loss(
+    loss, _ = pretrain.contrastive_loss(
         config.loss, outputs["z"].reshape(n, views, -1), labels, AXIS)
-    probe = train.cross_entropy(outputs["logits"], jnp.repeat(labels, views))
+    probe = state_lib.cross_entropy(outputs["logits"], jnp.repeat(labels, views))
     return loss + probe, ()
 
   if chunks == 0:  # the reference: plain autodiff through the whole batch
@@ -122,8 +123,8 @@ def _per_chunk_bn_reference(params, stats, batch, *, model, config, chunks):
       new_stats.append(upd["batch_stats"])
     z = jnp.concatenate([o["z"] for o in outs]).reshape(n, views, -1)
     logits = jnp.concatenate([o["logits"] for o in outs])
-    loss, _ = train.contrastive_loss(config.loss, z, labels, AXIS)
-    loss = loss + train.cross_entropy(logits, jnp.repeat(labels, views))
+    loss, _ = pretrain.contrastive_loss(config.loss, z, labels, AXIS)
+    loss = loss + state_lib.cross_entropy(logits, jnp.repeat(labels, views))
     mean_stats = jax.tree.map(lambda *s: sum(s) / chunks, *new_stats)
     return loss, mean_stats
 
@@ -137,8 +138,9 @@ def test_train_mode_bn_is_per_chunk(setup):
           parallel.replicate(mesh, variables["batch_stats"]),
           parallel.host_to_global(mesh, batch))
   specs = (P(), P(), P(AXIS))
-  step = lambda *a: (lambda g, s, m: (g, s, m["loss"]))(*train.pretrain_grads(
-      *a, model=model, loss_cfg=config.loss, probe=True, grad_chunks=2))
+  step = lambda *a: (lambda g, s, m: (g, s, m["total_loss"]))(
+      *pretrain.pretrain_grads(*a, model=model, loss_cfg=config.loss,
+                               probe=True, grad_chunks=2))
   grads, stats, loss = _map(step, mesh, *args, in_specs=specs)
   ref = functools.partial(_per_chunk_bn_reference, model=model, config=config,
                           chunks=2)

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from simclr_jax import knn
+from simclr_jax.evals import knn
 from simclr_jax import parallel
 
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from configs import imagenet
 from simclr_jax import augment_jax
-from simclr_jax import benchmark
+from simclr_jax.tools import benchmark
 from simclr_jax.data import augment
 from simclr_jax.data import fast
 from simclr_jax.data import photometric

@@ -10,7 +10,8 @@ from jax.sharding import PartitionSpec as P
 
 from configs import digits
 from simclr_jax import parallel
-from simclr_jax import train
+from simclr_jax.engine import state as state_lib
+from simclr_jax.modes import pretrain
 from simclr_jax.models import build_model
 
 AXIS = parallel.AXIS
@@ -28,18 +29,18 @@ def setup():
   rng = np.random.default_rng(0)
   batch = {"images": rng.uniform(size=(8, 2, 16, 16, 3)).astype(np.float32),
            "labels": rng.integers(0, 10, 8).astype(np.int32)}
-  variables = train.init_variables(
-      build_model(train.model_config(_config("bfloat16")), num_classes=10),
+  variables = state_lib.init_variables(
+      build_model(state_lib.model_config(_config("bfloat16")), num_classes=10),
       16, seed=0)
   return batch, variables
 
 
 def _grads(dtype, variables, batch):
   config = _config(dtype)
-  model = build_model(train.model_config(config), num_classes=10,
+  model = build_model(state_lib.model_config(config), num_classes=10,
                       axis_name=AXIS)
   mesh = parallel.make_mesh(jax.devices()[:1])
-  fn = functools.partial(train.pretrain_grads, model=model,
+  fn = functools.partial(pretrain.pretrain_grads, model=model,
                          loss_cfg=config.loss, probe=True)
   mapped = jax.jit(parallel.per_replica(
       fn, mesh, in_specs=(P(), P(), P(AXIS)), out_specs=(P(), P(), P())))
@@ -55,7 +56,7 @@ def test_bfloat16_keeps_state_and_loss_in_float32(setup):
   for tree in (grads, stats):
     for leaf in jax.tree.leaves(tree):
       assert leaf.dtype == np.float32
-  for name in ("loss", "contrastive_loss", "probe_loss"):
+  for name in ("loss", "total_loss", "probe_loss"):
     assert metrics[name].dtype == np.float32, name
   # Within bfloat16 rounding (8 bits of mantissa) of the float32 model.
   ref_grads, _, ref_metrics = _grads("float32", variables, batch)
@@ -68,7 +69,7 @@ def test_bfloat16_keeps_state_and_loss_in_float32(setup):
 
 def test_bfloat16_convolutions_and_float32_outputs(setup):
   batch, variables = setup
-  model = build_model(train.model_config(_config("bfloat16")), num_classes=10)
+  model = build_model(state_lib.model_config(_config("bfloat16")), num_classes=10)
   x = jnp.asarray(batch["images"][:, 0])
   apply = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
   out, updates = apply(variables, x)

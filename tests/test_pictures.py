@@ -16,12 +16,13 @@ import pytest
 from PIL import Image
 
 from configs import digits
-from simclr_jax import checkpoint
-from simclr_jax import plots
-from simclr_jax import pretrain
-from simclr_jax import preview
-from simclr_jax import train
-from simclr_jax import visualize
+from simclr_jax.engine import checkpoint
+from simclr_jax.evals import plots
+from simclr_jax.modes import pretrain
+from simclr_jax.evals import preview
+from simclr_jax.engine import state as state_lib
+from simclr_jax.evals import pictures
+from simclr_jax.tools import visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIN_STD = 20.0  # grey levels: a blank or flat image has ~0
@@ -64,7 +65,7 @@ def test_similarity_matrix_matches_float64_reference():
   rng = np.random.default_rng(0)
   n, v, d = 3, 3, 5
   z = rng.normal(size=(n, v, d)).astype(np.float32)
-  sim = visualize.similarity_matrix(z)
+  sim = pictures.similarity_matrix(z)
   ref = np.zeros((v * n, v * n))
   for a in range(v):
     for i in range(n):
@@ -76,7 +77,7 @@ def test_similarity_matrix_matches_float64_reference():
   # Two images, two views: positives on the off-diagonals at offset N = 2.
   expected = np.array([[0, 0, 1, 0], [0, 0, 0, 1],
                        [1, 0, 0, 0], [0, 1, 0, 0]], bool)
-  np.testing.assert_array_equal(visualize.positive_mask(2, 2), expected)
+  np.testing.assert_array_equal(pictures.positive_mask(2, 2), expected)
 
 
 def test_grid_layout_places_upscaled_tiles():
@@ -101,16 +102,16 @@ def test_grid_layout_places_upscaled_tiles():
 def test_bad_viz_config_is_rejected():
   config = digits.get_config("tiny")
   config.viz.heatmap_batch = 12
-  with pytest.raises(ValueError, match=r"viz.heatmap_batch = 12 .*devices"):
-    visualize.check_viz_config(config.viz, 8)
+  with pytest.raises(ValueError, match=r"config.viz.heatmap_batch=12 .*devices"):
+    pictures.check_viz_config(config.viz, 8)
   config = digits.get_config("tiny")
   config.viz.tsne_perplexity = 5000.0
-  with pytest.raises(ValueError, match="viz.tsne_perplexity = 5000.0"):
-    visualize.check_viz_config(config.viz)
+  with pytest.raises(ValueError, match="config.viz.tsne_perplexity=5000.0"):
+    pictures.check_viz_config(config.viz)
   config = digits.get_config("tiny")
   config.viz.embedding_method = "pca"
-  with pytest.raises(ValueError, match="viz.embedding_method = 'pca'"):
-    visualize.check_viz_config(config.viz)
+  with pytest.raises(ValueError, match="config.viz.embedding_method='pca'"):
+    pictures.check_viz_config(config.viz)
 
 
 # ------------------------------------------------------------- commands ---
@@ -153,7 +154,7 @@ def digits_run(tmp_path_factory):
 
 
 def test_pretraining_writes_pictures(digits_run):
-  pics = os.path.join(digits_run, visualize.PICTURES_SUBDIR)
+  pics = os.path.join(digits_run, pictures.PICTURES_SUBDIR)
   names = sorted(os.listdir(pics))
   half = STEPS // 2
   assert names == sorted([
@@ -168,7 +169,7 @@ def test_pretraining_writes_pictures(digits_run):
 
 
 def test_heatmap_positive_pairs_are_brighter(digits_run):
-  image = _png(os.path.join(digits_run, visualize.PICTURES_SUBDIR,
+  image = _png(os.path.join(digits_run, pictures.PICTURES_SUBDIR,
                             f"similarity_heatmap_step{STEPS}.png"))
   n, v = 32, 2
   left, top, width, height = plots.heatmap_box(image.shape[0])
@@ -210,9 +211,9 @@ def test_tensorboard_holds_the_images(digits_run):
 
 def test_export_pictures(tmp_path):
   config = _config()
-  model_cfg = train.model_config(config)
+  model_cfg = state_lib.model_config(config)
   from simclr_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  variables = train.init_variables(build_model(model_cfg, 10), 16, 0)
+  variables = state_lib.init_variables(build_model(model_cfg, 10), 16, 0)
   export = str(tmp_path / "export")
   checkpoint.save_export(export, variables, model_cfg, 10, 16,
                          extra={"step": 7})
@@ -234,7 +235,7 @@ def test_run_pictures_from_workdir(digits_run, tmp_path):
   for name, path in paths.items():
     assert os.path.basename(path) == f"{name}_step{STEPS}.png"
     if name == "similarity_heatmap":
-      during = _png(os.path.join(digits_run, visualize.PICTURES_SUBDIR,
+      during = _png(os.path.join(digits_run, pictures.PICTURES_SUBDIR,
                                  os.path.basename(path)))
       np.testing.assert_array_equal(_png(path), during)
   with pytest.raises(ValueError, match="exactly one"):

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from simclr_jax import checkpoint as ckpt_lib
-from simclr_jax import preemption
+from simclr_jax.engine import checkpoint as ckpt_lib
+from simclr_jax.engine import preemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE_S = 400  # per child process
@@ -25,7 +25,7 @@ DEADLINE_S = 400  # per child process
 _SAVER = """
 import sys
 import jax.numpy as jnp
-from simclr_jax import checkpoint as ckpt_lib
+from simclr_jax.engine import checkpoint as ckpt_lib
 ckpt = ckpt_lib.Checkpointer(sys.argv[1], keep=2)
 step = (ckpt.latest_step() or 0) + 1
 print("start", step, flush=True)
@@ -182,7 +182,7 @@ pid, port, signame = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2,
                            process_id=pid)
-from simclr_jax import preemption
+from simclr_jax.engine import preemption
 with preemption.PreemptionGuard() as guard:
   for step in range(1, 3000):
     if step == 20 and pid == 1:

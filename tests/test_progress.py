@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from simclr_jax import progress
+from simclr_jax.engine import progress
 
 
 class FakeClock:

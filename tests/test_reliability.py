@@ -16,10 +16,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import digits
-from simclr_jax import checkpoint as ckpt_lib
+from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax import config as config_lib
-from simclr_jax import preemption
-from simclr_jax import pretrain
+from simclr_jax.engine import preemption
+from simclr_jax.engine import writer as writer_lib
+from simclr_jax.modes import pretrain
 
 STEPS = 20
 
@@ -41,6 +42,9 @@ class _Recorder:
     del step, images
 
   def flush(self):
+    pass
+
+  def close(self):
     pass
 
 
@@ -70,7 +74,7 @@ def _config(steps=STEPS, **train):
 
 def _run(config, workdir, monkeypatch, guard=None):
   recorder = _Recorder()
-  monkeypatch.setattr(pretrain, "make_writer", lambda _: recorder)
+  monkeypatch.setattr(writer_lib, "Writer", lambda _: recorder)
   pretrain.run(config, str(workdir), guard=guard)
   return recorder.scalars
 
@@ -114,7 +118,7 @@ def test_sigterm_then_resume_equals_uninterrupted(reference, tmp_path,
   assert sorted(ref) == list(range(1, STEPS + 1))
   workdir = tmp_path / "split"
   recorder = _Recorder()
-  monkeypatch.setattr(pretrain, "make_writer", lambda _: recorder)
+  monkeypatch.setattr(writer_lib, "Writer", lambda _: recorder)
   with pytest.raises(preemption.Preempted) as stopped:
     pretrain.run(_config(), str(workdir), guard=_SignalAt(10))
   assert stopped.value.step == 10 and stopped.value.reason == "SIGTERM"
@@ -157,7 +161,7 @@ def test_nan_names_the_step_and_keeps_earlier_checkpoints(
   config = _config(steps=STEPS + 6, checkpoint_every_steps=1)
   config.optim.base_lr = 1e30  # planted divergence
   recorder = _Recorder()
-  monkeypatch.setattr(pretrain, "make_writer", lambda _: recorder)
+  monkeypatch.setattr(writer_lib, "Writer", lambda _: recorder)
   with pytest.raises(preemption.NonFiniteError) as err:
     pretrain.run(config, str(tmp_path))
   message = str(err.value)

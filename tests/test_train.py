@@ -11,7 +11,8 @@ from jax.sharding import PartitionSpec as P
 from configs import digits
 from simclr_jax import optim
 from simclr_jax import parallel
-from simclr_jax import train
+from simclr_jax.engine import state as state_lib
+from simclr_jax.modes import pretrain
 from simclr_jax.models import build_model
 
 AXIS = parallel.AXIS
@@ -26,9 +27,9 @@ def _tiny_config() -> ml_collections.ConfigDict:
 def _grads_on(devices, config, variables, batch):
   """Gradients, new BN statistics and metrics of one step on `devices`."""
   mesh = parallel.make_mesh(devices)
-  model = build_model(train.model_config(config), num_classes=10,
+  model = build_model(state_lib.model_config(config), num_classes=10,
                       axis_name=AXIS)
-  fn = functools.partial(train.pretrain_grads, model=model,
+  fn = functools.partial(pretrain.pretrain_grads, model=model,
                          loss_cfg=config.loss, probe=True)
   mapped = jax.jit(parallel.per_replica(
       fn, mesh, in_specs=(P(), P(), P(AXIS)), out_specs=(P(), P(), P())))
@@ -54,8 +55,8 @@ def _assert_tree_close(a, b, rtol):
 @pytest.fixture(scope="module")
 def setup():
   config = _tiny_config()
-  model = build_model(train.model_config(config), num_classes=10)
-  variables = train.init_variables(model, config.data.image_size, seed=0)
+  model = build_model(state_lib.model_config(config), num_classes=10)
+  variables = state_lib.init_variables(model, config.data.image_size, seed=0)
   rng = np.random.default_rng(0)
   size = config.data.image_size
   batch = {"images": rng.uniform(size=(16, 2, size, size, 3)).astype(
@@ -68,7 +69,7 @@ def test_one_vs_eight_devices_same_loss_grads_and_bn_stats(setup):
   assert jax.device_count() == 8
   g1, s1, m1 = _grads_on(jax.devices()[:1], config, variables, batch)
   g8, s8, m8 = _grads_on(jax.devices(), config, variables, batch)
-  for key in ("loss", "contrastive_loss", "probe_loss", "contrast_acc"):
+  for key in ("loss", "total_loss", "probe_loss", "contrast_acc"):
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, err_msg=key)
   _assert_tree_close(g8, g1, rtol=1e-5)
   _assert_tree_close(s8, s1, rtol=1e-5)
@@ -83,16 +84,16 @@ def test_full_step_updates_state_identically(setup):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = parallel.make_mesh(devices)
-    model = build_model(train.model_config(config), num_classes=10,
+    model = build_model(state_lib.model_config(config), num_classes=10,
                         axis_name=AXIS)
     schedule = optim.make_schedule(0.1, total_steps=10, warmup_steps=0)
     tx = optim.make_optimizer(config.optim, schedule)
-    state = train.TrainState(step=np.zeros((), np.int32),
+    state = state_lib.TrainState(step=np.zeros((), np.int32),
                              params=variables["params"],
                              batch_stats=variables["batch_stats"],
                              opt_state=tx.init(variables["params"]))
     state = parallel.replicate(mesh, state)
-    step = train.make_pretrain_step(model, tx, config.loss, True, schedule,
+    step = pretrain.make_pretrain_step(model, tx, config.loss, True, schedule,
                                     mesh)
     state, metrics = step(state, parallel.host_to_global(mesh, batch))
     results.append((jax.device_get(state), jax.device_get(metrics)))

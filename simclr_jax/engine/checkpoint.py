@@ -106,9 +106,12 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending saves and releases resources."""
+    """Waits for pending saves and releases resources (idempotent)."""
+    if self._manager is None:
+      return
     self._manager.wait_until_finished()
     self._manager.close()
+    self._manager = None
 
 
 def _abstract(x):

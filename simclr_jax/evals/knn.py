@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import features as features_lib
+from simclr_jax.evals import features as features_lib
 from simclr_jax import parallel
 
 AXIS = parallel.AXIS
@@ -148,20 +148,25 @@ def knn_eval(config: ml_collections.ConfigDict,
               memory_size=int(len(y_tr)))
 
 
-def knn_monitor(config: ml_collections.ConfigDict, model, variables: Any,
-                num_classes: int, mesh) -> Dict[str, Any]:
-  """The pretraining kNN monitor: train-split memory, eval-split queries.
+class KnnEval:
+  """The kNN monitor as an evaluator: labelled train features as memory.
 
-  Args:
-    config: the full configuration.
-    model: the SimCLR model (its `encode` gives h).
-    variables: replicated model variables.
-    num_classes: number of classes.
-    mesh: the device mesh.
-
-  Returns:
-    As `knn_eval`.
+  Reads `config.eval.knn_*` (through `knn_eval`).
   """
-  arrays = features_lib.split_arrays(
-      config, features_lib.encoder_feature_fn(model), variables, mesh)
-  return knn_eval(config, arrays, num_classes, mesh)
+
+  name = "knn"
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               features: features_lib.SplitFeatures, num_classes: int, mesh,
+               periodic: bool = True):
+    """Shares `features` with other feature evaluators of the same model."""
+    self.periodic = periodic
+    self._config, self._features = config, features
+    self._num_classes, self._mesh = num_classes, mesh
+
+  def run(self, variables: Any, step: int, writer: Any = None
+          ) -> Dict[str, Any]:
+    """kNN accuracy on the eval split; see `evals.base.Evaluator`."""
+    del writer  # scalars only, written by the loop
+    return knn_eval(self._config, self._features.get(variables, step),
+                    self._num_classes, self._mesh)

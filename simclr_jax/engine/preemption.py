@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 # Schedulers can requeue on it; rerunning the same command resumes.
 PREEMPTED_EXIT_CODE = 75
 # Metrics whose finiteness is checked at log steps and before every save.
-GUARDED_METRICS = ("loss", "grad_norm")
+GUARDED_METRICS = ("loss", "total_loss", "grad_norm")
 
 
 class Preempted(Exception):

@@ -1,6 +1,6 @@
 """Benchmark figures that need XLA: achieved FLOP/s and compiled memory.
 
-Used by `simclr_jax.benchmark` (`--flops`, `--memory`). Every figure comes
+Used by `simclr_jax.tools.benchmark` (`--flops`, `--memory`). Every figure comes
 from the compiled program on the devices at hand: XLA's cost analysis for the
 FLOPs of a step, `memory_analysis()` for its temporary buffers per device.
 """
@@ -15,7 +15,8 @@ from jax.sharding import PartitionSpec as P
 from simclr_jax import config as config_lib
 from simclr_jax import gradcache
 from simclr_jax import parallel
-from simclr_jax import train
+from simclr_jax.engine import state as state_lib
+from simclr_jax.modes import pretrain
 from simclr_jax.models import build_model
 from simclr_jax.models.simclr import DTYPES
 
@@ -110,7 +111,7 @@ def print_flops(config, step_fn, state, batch, images_per_sec: float,
   flops = compiled_flops(step_fn, state, batch) * devices
   dtype = DTYPES[config.model.dtype]
   peak = matmul_flops_per_sec(dtype) * devices
-  model = build_model(train.model_config(config),
+  model = build_model(state_lib.model_config(config),
                       num_classes=0, axis_name=AXIS)
   mean_fn = mean_loss_step(model, parallel.make_mesh())
   params = {k: v for k, v in state.params.items() if k != "sup_head"}
@@ -197,7 +198,7 @@ def _pretrain_state_and_step(config, mesh, global_batch: int, chunks: int):
   c = config.copy_and_resolve_references()
   c.train.global_batch = global_batch
   c.train.grad_chunks = chunks
-  _, _, _, state, step_fn = train.build_pretrain(c, 10, sched, mesh)
+  _, _, _, state, step_fn = pretrain.build_pretrain(c, 10, sched, mesh)
   return state, step_fn
 
 
@@ -236,7 +237,7 @@ def encoder_temp_bytes(config, mesh, global_batch: int, chunks: int) -> float:
     XLA's `temp_size_in_bytes` (nothing is run).
   """
   state, _ = _pretrain_state_and_step(config, mesh, global_batch, 1)
-  model = build_model(train.model_config(config), num_classes=0,
+  model = build_model(state_lib.model_config(config), num_classes=0,
                       axis_name=AXIS)
   fn = mean_loss_step(model, mesh, chunks)
   params = {k: v for k, v in state.params.items() if k != "sup_head"}

@@ -18,7 +18,7 @@ import optax
 import optax.tree_utils as otu
 
 from simclr_jax import data as data_lib
-from simclr_jax import knn
+from simclr_jax.evals import knn
 
 Params = Dict[str, jax.Array]
 
@@ -154,3 +154,26 @@ def fast_probe(config: ml_collections.ConfigDict,
   result = knn.accuracy(scores(params, x_test), y_ev)
   return dict(result, l2=best, num_train=int(len(y_tr)),
               val_top1={str(k): v for k, v in val_top1.items()}, **info)
+
+
+class FastProbeEval:
+  """The fast probe as an evaluator (by default only at the end).
+
+  Reads `config.eval.probe_*` (through `fast_probe`).
+  """
+
+  name = "linear_probe"
+
+  def __init__(self, config: ml_collections.ConfigDict, features: Any,
+               num_classes: int, periodic: bool = False):
+    """`features` is a `features.SplitFeatures` shared with the kNN monitor."""
+    self.periodic = periodic
+    self._config, self._features = config, features
+    self._num_classes = num_classes
+
+  def run(self, variables: Any, step: int, writer: Any = None
+          ) -> Dict[str, Any]:
+    """Fits and scores the probe; see `evals.base.Evaluator`."""
+    del writer  # scalars only, written by the loop
+    return fast_probe(self._config, self._features.get(variables, step),
+                      self._num_classes)

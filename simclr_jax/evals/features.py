@@ -7,7 +7,7 @@ processes, and put back into the split's canonical order with the padding
 rows removed, so the result is the same on any number of hosts and devices.
 """
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import ml_collections
@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from simclr_jax import data as data_lib
 from simclr_jax import parallel
-from simclr_jax import progress
+from simclr_jax.engine import progress
 
 AXIS = parallel.AXIS
 FeatureFn = Callable[[Any, jax.Array], jax.Array]
@@ -75,12 +75,16 @@ def global_row_ids(data_cfg: ml_collections.ConfigDict, split: str,
 
 
 def extract(feature_fn: FeatureFn, variables: Any,
-            config: ml_collections.ConfigDict, split: str, mesh
+            config: ml_collections.ConfigDict, split: str, mesh,
+            max_points: Optional[int] = None,
+            step_fn: Optional[Callable] = None
             ) -> Tuple[np.ndarray, np.ndarray]:
   """Features and labels of every example of `split`, in canonical order.
 
-  Images get the evaluation preprocessing (centre crop + resize), so the
-  features of a split are deterministic.
+  The one feature extractor: kNN, the fast probe, the embedding map and the
+  export round trip all read features through it. Images get the evaluation
+  preprocessing (centre crop + resize), so the features of a split are
+  deterministic.
 
   Args:
     feature_fn: (variables, images) -> [b, d] features for one replica.
@@ -88,13 +92,17 @@ def extract(feature_fn: FeatureFn, variables: Any,
     config: the full configuration (data, aug, eval.batch_size).
     split: split name.
     mesh: the device mesh.
+    max_points: stop once at least this many examples are read and return
+      the first `max_points` of them (None = the whole split).
+    step_fn: `make_feature_step(feature_fn, mesh)` when the caller keeps one
+      compiled across calls.
 
   Returns:
     (features float32 [N, d], labels int32 [N]) on every process.
   """
-  step = make_feature_step(feature_fn, mesh)
+  step = step_fn or make_feature_step(feature_fn, mesh)
   batch_size = config.eval.batch_size
-  feats, labels = [], []
+  feats, labels, valid = [], [], 0
   batches = progress.track(
       data_lib.make_eval_iterator(config.data, config.aug, split, batch_size),
       total=data_lib.num_eval_batches(config.data, split, batch_size),
@@ -102,19 +110,28 @@ def extract(feature_fn: FeatureFn, variables: Any,
       enabled=jax.process_index() == 0)
   for batch in batches:
     out = step(variables, parallel.host_to_global(mesh, batch["images"]))
-    lab = parallel.host_to_global(mesh, batch["labels"])
+    lab, mask = parallel.host_to_global(mesh, (batch["labels"],
+                                               batch["mask"]))
     # Tiled gather: every process receives the whole global batch.
-    out, lab = multihost_utils.process_allgather((out, lab), tiled=True)
+    out, lab, mask = multihost_utils.process_allgather((out, lab, mask),
+                                                       tiled=True)
     feats.append(np.asarray(out, np.float32))
     labels.append(np.asarray(lab, np.int32))
+    valid += int(np.asarray(mask).sum())
+    if max_points is not None and valid >= max_points:
+      break  # every process reads the same number of batches
   ids = global_row_ids(config.data, split, batch_size)
   feats, labels = np.concatenate(feats), np.concatenate(labels)
-  if len(ids) != len(feats):
+  if max_points is None and len(ids) != len(feats):
     raise ValueError(f"split {split!r}: {len(feats)} feature rows but "
                      f"{len(ids)} expected from the shard sizes")
+  ids = ids[:len(feats)]
   keep = ids >= 0
   order = np.argsort(ids[keep], kind="stable")
-  return feats[keep][order], labels[keep][order]
+  feats, labels = feats[keep][order], labels[keep][order]
+  if max_points is not None:
+    feats, labels = feats[:max_points], labels[:max_points]
+  return feats, labels
 
 
 def labelled_indices(config: ml_collections.ConfigDict,
@@ -136,8 +153,8 @@ def labelled_indices(config: ml_collections.ConfigDict,
 
 
 def split_arrays(config: ml_collections.ConfigDict, feature_fn: FeatureFn,
-                 variables: Any, mesh) -> Dict[str, Tuple[np.ndarray,
-                                                         np.ndarray]]:
+                 variables: Any, mesh, step_fn: Optional[Callable] = None
+                 ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
   """Features of the labelled train subset and of the eval split.
 
   Args:
@@ -145,13 +162,45 @@ def split_arrays(config: ml_collections.ConfigDict, feature_fn: FeatureFn,
     feature_fn: (variables, images) -> features for one replica.
     variables: replicated model variables.
     mesh: the device mesh.
+    step_fn: a compiled `make_feature_step(feature_fn, mesh)` to reuse.
 
   Returns:
     {'train': (x, y) restricted to the labelled subset, 'eval': (x, y)}.
   """
+  step_fn = step_fn or make_feature_step(feature_fn, mesh)
   x_tr, y_tr = extract(feature_fn, variables, config, config.data.train_split,
-                       mesh)
+                       mesh, step_fn=step_fn)
   keep = labelled_indices(config, y_tr)
   x_ev, y_ev = extract(feature_fn, variables, config, config.data.eval_split,
-                       mesh)
+                       mesh, step_fn=step_fn)
   return {"train": (x_tr[keep], y_tr[keep]), "eval": (x_ev, y_ev)}
+
+
+class SplitFeatures:
+  """`split_arrays` of one model, computed once per step and shared.
+
+  The kNN monitor and the fast probe read the same features; the feature
+  step is compiled once for the whole run.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               feature_fn: FeatureFn, mesh):
+    """Builds the feature step (compiled on first use).
+
+    Args:
+      config: the full configuration (data, aug, eval).
+      feature_fn: (variables, images) -> features for one replica.
+      mesh: the device mesh.
+    """
+    self._config, self._fn, self._mesh = config, feature_fn, mesh
+    self._step = make_feature_step(feature_fn, mesh)
+    self._cached_step, self._arrays = None, None
+
+  def get(self, variables: Any, step: int
+          ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """The arrays of `variables` after training step `step` (cached per step)."""
+    if self._cached_step != step:
+      self._arrays = split_arrays(self._config, self._fn, variables,
+                                  self._mesh, self._step)
+      self._cached_step = step
+    return self._arrays

@@ -1,22 +1,19 @@
-"""Train state, the per-replica pretraining step, and the pretraining loop.
+"""The `pretrain` mode: SimCLR / SupCon pretraining with its per-replica step.
 
 The step is written for one replica with named-axis collectives (global
 BatchNorm, the loss's all_gather, pmean of gradients and metrics) and mapped
-over the one-axis mesh with `shard_map` inside `jit`: pmap's semantics with
-global `jax.Array`s, so orbax saves the state on every host without any
-replicate/unreplicate step.
+over the one-axis mesh by `engine.state.make_step`. The online linear probe
+(a head on stop_gradient(h)), the kNN monitor, the fast probe and the
+pictures are evaluators of the one loop.
 """
 
 import functools
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-from jax.sharding import PartitionSpec as P
 
 from simclr_jax import augment_jax
 from simclr_jax import config as config_lib
@@ -24,66 +21,16 @@ from simclr_jax import gradcache
 from simclr_jax import losses
 from simclr_jax import optim
 from simclr_jax import parallel
+from simclr_jax.engine import loop
+from simclr_jax.engine import state as state_lib
+from simclr_jax.evals import classifier
+from simclr_jax.evals import fast_probe
+from simclr_jax.evals import features as features_lib
+from simclr_jax.evals import knn
 from simclr_jax.models import build_model
 
 AXIS = parallel.AXIS
-# Keys of config.model that describe the architecture (what an export stores).
-MODEL_KEYS = ("depth", "width", "sk_ratio", "stem", "bn_momentum", "bn_epsilon",
-              "head_layers", "head_hidden_dim", "proj_dim", "sup_head_from",
-              "dtype")
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a step updates; a pytree of global arrays (replicated)."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-
-  @property
-  def variables(self) -> Dict[str, Any]:
-    """The Flax variables {'params', 'batch_stats'}."""
-    return {"params": self.params, "batch_stats": self.batch_stats}
-
-
-def model_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The architecture part of `config.model` as a plain dict, stem resolved."""
-  cfg = {k: config.model[k] for k in MODEL_KEYS}
-  for key in ("stage_sizes", "base_widths"):  # optional overrides
-    if config.model.get(key) is not None:
-      cfg[key] = tuple(config.model[key])
-  cfg["stem"] = config_lib.resolve_stem(config)
-  return cfg
-
-
-def init_variables(model, image_size: int, seed: int) -> Dict[str, Any]:
-  """Initialises model variables on the host (outside any mapped axis)."""
-  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.PRNGKey(seed), dummy)
-  return jax.device_get(variables)
-
-
-def create_train_state(model, tx: optax.GradientTransformation,
-                       image_size: int, seed: int, mesh) -> TrainState:
-  """Initialises parameters (same on every process) and optimizer state, replicated.
-
-  Args:
-    model: the Flax model.
-    tx: the optimizer.
-    image_size: input side for shape inference.
-    seed: parameter-init seed; identical on all processes so the replicas agree.
-    mesh: the device mesh.
-
-  Returns:
-    A replicated `TrainState` at step 0.
-  """
-  variables = init_variables(model, image_size, seed)
-  state = TrainState(step=np.zeros((), np.int32), params=variables["params"],
-                     batch_stats=variables.get("batch_stats", {}),
-                     opt_state=tx.init(variables["params"]))
-  return parallel.replicate(mesh, jax.device_get(state))
+TrainState = state_lib.TrainState
 
 
 def contrastive_loss(loss_cfg: ml_collections.ConfigDict, z: jax.Array,
@@ -100,13 +47,9 @@ def contrastive_loss(loss_cfg: ml_collections.ConfigDict, z: jax.Array,
     return losses.nt_logistic(z, loss_cfg.temperature, axis_name=axis_name)
   if name == "margin_triplet":
     return losses.margin_triplet(z, loss_cfg.margin, axis_name=axis_name)
-  raise ValueError(f"config.loss.name={name!r} is not one of {losses.LOSSES}")
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy with integer labels, in float32."""
-  logits = logits.astype(jnp.float32)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  raise config_lib.ConfigError(
+      f"config.loss.name={name!r} is invalid: allowed values are "
+      f"{losses.LOSSES}")
 
 
 def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
@@ -128,6 +71,8 @@ def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
   Returns:
     (grads, new_batch_stats, metrics): gradients and metrics pmean'd over
     `AXIS`; the statistics are already global through BatchNorm's axis_name.
+    `loss` is the contrastive loss; with the probe, `probe_loss` is the
+    probe's and `total_loss` the differentiated sum.
   """
   images, labels = batch["images"], batch["labels"]
   n, views = images.shape[:2]
@@ -147,15 +92,16 @@ def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
   def loss_of_outputs(outputs):
     z = outputs["z"].reshape(n, views, -1)
     loss, metrics = contrastive_loss(loss_cfg, z, labels, AXIS)
-    metrics = dict(metrics, contrastive_loss=loss)
+    metrics = dict(metrics, loss=loss)
     if probe:
       view_labels = jnp.repeat(labels, views)
-      probe_loss = cross_entropy(outputs["logits"], view_labels)
+      probe_loss = state_lib.cross_entropy(outputs["logits"], view_labels)
       metrics["probe_loss"] = probe_loss
-      metrics["probe_acc"] = jnp.mean(
-          jnp.argmax(outputs["logits"], -1) == view_labels)
+      metrics["probe_acc"] = state_lib.accuracy(outputs["logits"],
+                                                view_labels)
       loss = loss + probe_loss
-    return loss, dict(metrics, loss=loss)
+      metrics["total_loss"] = loss
+    return loss, metrics
 
   if grad_chunks > 1:
     # Chunks of whole images (all their views), in the order of x.
@@ -227,18 +173,13 @@ def pretrain_replica_step(state: TrainState, batch: Dict[str, jax.Array], *,
   grads, batch_stats, metrics = pretrain_grads(
       state.params, state.batch_stats, batch, model=model, loss_cfg=loss_cfg,
       probe=probe, grad_chunks=grad_chunks)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, learning_rate=schedule(state.step))
-  new_state = state.replace(step=state.step + 1, params=params,
-                            batch_stats=batch_stats, opt_state=opt_state)
-  return new_state, metrics
+  return state.apply_gradients(grads, tx, batch_stats), metrics
 
 
 def make_pretrain_step(model, tx, loss_cfg, probe: bool,
                        schedule: optax.Schedule, mesh, *, grad_chunks: int = 1,
-                       device_aug: Optional[Any] = None,
-                       aug_seed: int = 0) -> Callable:
+                       device_aug: Optional[Any] = None, aug_seed: int = 0):
   """Returns jit(shard_map(pretrain_replica_step)) with the state donated.
 
   Keyword arguments are those of `pretrain_replica_step` (gradient caching and
@@ -248,9 +189,7 @@ def make_pretrain_step(model, tx, loss_cfg, probe: bool,
                          loss_cfg=loss_cfg, probe=probe, schedule=schedule,
                          grad_chunks=grad_chunks, device_aug=device_aug,
                          aug_seed=aug_seed)
-  mapped = parallel.per_replica(fn, mesh, in_specs=(P(), P(AXIS)),
-                                out_specs=(P(), P()))
-  return jax.jit(mapped, donate_argnums=(0,))
+  return state_lib.make_step(fn, mesh)
 
 
 def build_pretrain(config: ml_collections.ConfigDict, num_classes: int,
@@ -263,15 +202,15 @@ def build_pretrain(config: ml_collections.ConfigDict, num_classes: int,
   # Before any compile: chunks must divide the per-device batch.
   gradcache.check_chunks(config.train.global_batch // mesh.size,
                          config.train.get("grad_chunks", 1))
-  model = build_model(model_config(config),
+  model = build_model(state_lib.model_config(config),
                       num_classes=num_classes if config.train.probe else 0,
                       axis_name=AXIS, sup_stop_gradient=True)
   schedule = optim.make_schedule(schedule_info.peak_lr,
                                  schedule_info.total_steps,
                                  schedule_info.warmup_steps)
   tx = optim.make_optimizer(config.optim, schedule)
-  state = create_train_state(model, tx, config.data.image_size, config.seed,
-                             mesh)
+  state = state_lib.create_train_state(model, tx, config.data.image_size,
+                                       config.seed, mesh)
   step_fn = make_pretrain_step(
       model, tx, config.loss, config.train.probe, schedule, mesh,
       grad_chunks=config.train.get("grad_chunks", 1),
@@ -280,8 +219,60 @@ def build_pretrain(config: ml_collections.ConfigDict, num_classes: int,
   return model, tx, schedule, state, step_fn
 
 
-def mean_metrics(pending) -> Dict[str, float]:
-  """Fetches a list of per-step metric dicts (one host sync) and averages them."""
-  fetched = jax.device_get(pending)
-  keys = fetched[0].keys()
-  return {k: float(np.mean([m[k] for m in fetched])) for k in keys}
+def pretrain_evaluators(config: ml_collections.ConfigDict, model,
+                        num_classes: int, mesh, workdir: str):
+  """The evaluators of pretraining, in the order they report.
+
+  The online probe (`train.probe`), the kNN monitor (`eval.knn`) at every
+  evaluation; the fast probe at the end (`eval.final_probe`); the pictures
+  (`viz.enabled`) at every evaluation.
+  """
+  evaluators = []
+  if config.train.probe:
+    evaluators.append(classifier.ClassifierEval("probe", config, model, mesh))
+  feats = features_lib.SplitFeatures(
+      config, features_lib.encoder_feature_fn(model), mesh)
+  if config.eval.knn:
+    evaluators.append(knn.KnnEval(config, feats, num_classes, mesh))
+  if config.eval.final_probe:
+    evaluators.append(fast_probe.FastProbeEval(config, feats, num_classes))
+  if config.viz.enabled:
+    from simclr_jax.evals import pictures  # pylint: disable=g-import-not-at-top
+    evaluators.append(pictures.PicturesEval(config, model, mesh, workdir))
+  return evaluators
+
+
+class Pretrain(loop.Mode):
+  """SimCLR / SupCon pretraining of the configured model from scratch."""
+
+  name = "pretrain"
+
+  def build(self, config: ml_collections.ConfigDict, mesh,
+            workdir: str) -> loop.Job:
+    """The pretraining job; see `engine.loop.Job`."""
+    from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+    info = data_lib.dataset_info(config.data)
+    sched = config_lib.derive_schedule(
+        config, info.num_examples[config.data.train_split])
+    model, _, _, state, step_fn = build_pretrain(config, info.num_classes,
+                                                 sched, mesh)
+    return loop.Job(
+        state=state, step_fn=step_fn,
+        batches=lambda start: data_lib.make_pretrain_iterator(
+            config.data, config.aug, config.train.global_batch, config.seed,
+            start_step=start),
+        total_steps=sched.total_steps,
+        images_per_step=config.train.global_batch,
+        evaluators=pretrain_evaluators(config, model, info.num_classes, mesh,
+                                       workdir),
+        description=f"Pretraining ({sched.steps_per_epoch} steps per epoch, "
+        f"peak lr {sched.peak_lr:.4g})")
+
+
+MODE = Pretrain()
+
+
+def run(config: ml_collections.ConfigDict, workdir: str,
+        guard: Any = None) -> Dict[str, Any]:
+  """Pretrains (or resumes) in `workdir` through the one loop; see `loop.run`."""
+  return loop.run(MODE, config, workdir, guard)

@@ -1,0 +1,282 @@
+"""The one training loop: every mode, every guarantee.
+
+A mode (see `simclr_jax.modes`) says only what differs: it builds a `Job`
+(initial state, mapped step, batches, evaluators, what it writes at the
+end). This loop then gives every mode the same behaviour:
+
+* resume from the newest checkpoint of the workdir, shape-checked against the
+  job's state (`train.start_over` moves a different model's checkpoints
+  aside); the data iterator starts at the restored step;
+* config agreement across hosts; `config.json` beside the checkpoints;
+* one host sync per log period: console and TensorBoard scalars, steps/s,
+  images/s and ETA, the non-finite guard naming the step and quantity;
+* "Initial compilation" and its duration;
+* checkpoints at `train.checkpoint_every_steps` and at the end, evaluators at
+  `train.eval_every_steps` and at the end, all through `config.is_time`;
+* SIGTERM/SIGINT: finish the step, check finiteness, commit the checkpoint on
+  every process, raise `Preempted` (exit 75); also during the final
+  evaluation, whose rerun then evaluates without training;
+* every exit path waits for the checkpoints already started.
+"""
+
+import dataclasses
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import jax
+import ml_collections
+from absl import logging
+
+from simclr_jax import config as config_lib
+from simclr_jax import distributed
+from simclr_jax import parallel
+from simclr_jax.engine import checkpoint as ckpt_lib
+from simclr_jax.engine import preemption
+from simclr_jax.engine import progress
+from simclr_jax.engine import results as results_lib
+from simclr_jax.engine import state as state_lib
+from simclr_jax.engine import writer as writer_lib
+from simclr_jax.evals import base as evals_base
+
+
+@dataclasses.dataclass
+class Job:
+  """What a mode hands the loop.
+
+  Attributes:
+    state: the replicated step-0 state (also the checkpoint's target).
+    step_fn: (state, *step_args, global batch) -> (state, metrics).
+    batches: start step -> iterator of host-local batches from that step.
+    total_steps: steps of the whole run (0: evaluate only).
+    images_per_step: global images per step, for images/s.
+    step_args: replicated read-only inputs of the step (frozen encoder,
+      teacher).
+    evaluators: run at the evaluation cadence (`periodic` ones) and at the
+      end; their results are filed under their names.
+    variables: state -> the variables the evaluators score.
+    finish: (state, results) -> None, after the final evaluation: adds to
+      the results and writes what the mode leaves behind (exports).
+    results: results known when the job is built (its source, ...).
+    description: one log line saying what is trained.
+  """
+  state: Any
+  step_fn: Callable
+  batches: Callable[[int], Iterator[Dict[str, Any]]]
+  total_steps: int
+  images_per_step: int
+  step_args: Tuple = ()
+  evaluators: Sequence[evals_base.Evaluator] = ()
+  variables: Callable[[Any], Any] = lambda state: state.variables
+  finish: Optional[Callable[[Any, Dict[str, Any]], None]] = None
+  results: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  description: str = ""
+
+
+class Mode:
+  """A mode of `main`: a name and how to build its job."""
+
+  name: str = ""
+
+  def build(self, config: ml_collections.ConfigDict, mesh,
+            workdir: str) -> Job:
+    """Builds the job; must fail on bad values before compiling anything."""
+    raise NotImplementedError  # every mode overrides it
+
+
+def run(mode: Mode, config: ml_collections.ConfigDict, workdir: str,
+        guard: Optional[preemption.PreemptionGuard] = None) -> Dict[str, Any]:
+  """Trains (or resumes) `mode` in `workdir` and returns its results.
+
+  Args:
+    mode: the mode (from `simclr_jax.modes.MODES`).
+    config: the configuration.
+    workdir: directory for checkpoints, TensorBoard events and results.
+    guard: the signal handling (default: SIGTERM and SIGINT stop the run).
+
+  Returns:
+    The results dict also written to `<workdir>/<mode>_results.json`.
+
+  Raises:
+    preemption.Preempted: after a stop signal, once the checkpoint of the
+      current step is committed on every process.
+    preemption.NonFiniteError: at the first non-finite loss, gradient norm
+      or state about to be saved; no such checkpoint is written.
+  """
+  guard = guard or preemption.PreemptionGuard()
+  with guard:  # Handlers are installed only while the job runs.
+    return _run(mode, config, workdir, guard)
+
+
+def _run(mode: Mode, config: ml_collections.ConfigDict, workdir: str,
+         guard: preemption.PreemptionGuard) -> Dict[str, Any]:
+  """The body of `run`, with `guard`'s signal handlers installed."""
+  mesh = parallel.make_mesh()
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  # Hosts started with different flags would hang in (or corrupt) collectives.
+  distributed.check_config_agreement(config, {"workdir": workdir})
+  job = mode.build(config, mesh, workdir)
+  checkpointer, start = None, 0
+  if job.total_steps > 0:  # an evaluation-only job has nothing to checkpoint
+    checkpointer, start = ckpt_lib.open_for_resume(
+        workdir, config.train.keep_checkpoints, job.state,
+        config.train.start_over)
+  writer = None
+  try:
+    # Written only once the workdir's checkpoints are known to fit: exports
+    # and evaluations read the architecture back from it.
+    results_lib.write_results(workdir, "config", config.to_dict())
+    state = job.state
+    if start:
+      logging.info("Resuming from checkpoint at step %d in %s", start,
+                   checkpointer.directory)
+      state = checkpointer.restore(start, state)
+    writer = writer_lib.Writer(workdir)
+    if start == 0:
+      writer.write_hparams(writer_lib.flat_config(config))
+    for ev in job.evaluators:
+      if hasattr(ev, "start"):
+        ev.start(writer, start)
+    logging.info("%s: %d steps, %d devices", job.description or mode.name,
+                 job.total_steps, jax.device_count())
+    state = _train(job, config, state, start, checkpointer, writer, guard)
+    results = _evaluate_final(job, config, state, writer, guard)
+    if job.finish is not None:
+      job.finish(state, results)
+    results_lib.write_results(workdir, f"{mode.name}_results", results)
+    return results
+  finally:
+    # Every exit path (a result, a signal, an error) commits started saves.
+    if checkpointer is not None:
+      checkpointer.close()
+    if writer is not None:
+      writer.close()
+
+
+def _train(job: Job, config: ml_collections.ConfigDict, state: Any,
+           start: int, checkpointer: ckpt_lib.Checkpointer,
+           writer: writer_lib.Writer,
+           guard: preemption.PreemptionGuard) -> Any:
+  """Steps `start + 1 .. total`; returns the final state."""
+  total, tc = job.total_steps, config.train
+  if start >= total:
+    return state
+  mesh = parallel.make_mesh()
+  batches = job.batches(start)
+  pending: List[Tuple[int, Dict[str, Any]]] = []
+  last_saved = start  # newest checkpoint known good, for error messages
+  clock = _Clock(start, total, job.images_per_step)
+  for step in range(start + 1, total + 1):
+    batch = parallel.host_to_global(mesh, next(batches))
+    if step == start + 1:
+      logging.info("Initial compilation, this might take some minutes...")
+      t0 = time.time()
+      state, metrics = job.step_fn(state, *job.step_args, batch)
+      jax.block_until_ready(metrics)
+      logging.info("Initial compilation and first step took %.1f s",
+                   time.time() - t0)
+      clock.restart(step)
+    else:
+      state, metrics = job.step_fn(state, *job.step_args, batch)
+    pending.append((step, metrics))
+    log_now = config_lib.is_time(step, tc.log_every_steps, total)
+    if log_now:
+      pending = jax.device_get(pending)  # the one host sync per log period
+      _check_finite(pending, None, step, last_saved)
+      scalars = state_lib.mean_metrics([m for _, m in pending])
+      pending = []
+      scalars.update(clock.rates(step))
+      writer.write_scalars(step, scalars)
+    stop = guard.should_stop(step, sync=log_now)
+    if stop or config_lib.is_time(step, tc.checkpoint_every_steps, total):
+      _check_finite(pending, state, step, last_saved)
+      checkpointer.save(step, state)
+      last_saved = step
+    if stop:
+      _preempted(checkpointer, writer, step, stop)
+    if step < total and config_lib.is_time(step, tc.eval_every_steps, total):
+      _evaluate(job, state, step, writer, periodic_only=True)
+  return state
+
+
+def _evaluate(job: Job, state: Any, step: int, writer: writer_lib.Writer,
+              periodic_only: bool, guard=None, checkpointer=None
+              ) -> Dict[str, Any]:
+  """Runs the evaluators; returns {name: result}."""
+  results = {}
+  variables = job.variables(state)
+  for ev in job.evaluators:
+    if periodic_only and not ev.periodic:
+      continue
+    if guard is not None:
+      stop = guard.should_stop(step, sync=True)
+      if stop:
+        _preempted(checkpointer, writer, step, stop)
+    result = ev.run(variables, step, writer)
+    if result is not None:
+      results[ev.name] = result
+      writer.write_scalars(step, evals_base.scalars_of(ev.name, result))
+      if "top1" in result:
+        logging.info("%s on the eval split: top-1 %.4f over %d examples",
+                     ev.name, result["top1"], result.get("num_examples", 0))
+  return results
+
+
+def _evaluate_final(job: Job, config: ml_collections.ConfigDict, state: Any,
+                    writer: writer_lib.Writer,
+                    guard: preemption.PreemptionGuard) -> Dict[str, Any]:
+  """The end of a run: every evaluator, stoppable by a signal."""
+  results = dict(job.results)
+  results.setdefault("step", int(job.total_steps))
+  results["config"] = config.to_dict()
+  results.update(_evaluate(job, state, job.total_steps, writer,
+                           periodic_only=False, guard=guard,
+                           checkpointer=None))
+  return results
+
+
+def _preempted(checkpointer, writer, step: int, reason: str) -> None:
+  """Commits the saves on every process, then raises `Preempted`."""
+  if checkpointer is not None:
+    checkpointer.wait()  # committed on every process before exiting
+  writer.flush()
+  logging.warning("Preempted (%s) at step %d: its checkpoint is committed; "
+                  "rerun the same command to resume.", reason, step)
+  raise preemption.Preempted(step, reason)
+
+
+def _check_finite(pending: List[Tuple[int, Dict[str, Any]]], state: Any,
+                  step: int, last_saved: int) -> None:
+  """Stops the run at a non-finite guarded metric (or state, when given)."""
+  guarded = [(s, {k: m[k] for k in preemption.GUARDED_METRICS if k in m})
+             for s, m in pending]
+  preemption.check_finite_metrics(jax.device_get(guarded),
+                                  last_good=last_saved)
+  if state is not None:
+    preemption.check_finite_tree(state, step, last_good=last_saved)
+
+
+class _Clock:
+  """Steps/s, images/s and ETA between log periods."""
+
+  def __init__(self, start: int, total: int, images_per_step: int):
+    self._total, self._images = total, images_per_step
+    self._step, self._time = start, time.time()
+
+  def restart(self, step: int) -> None:
+    """Measures from now on (after the compile)."""
+    self._step, self._time = step, time.time()
+
+  def rates(self, step: int) -> Dict[str, float]:
+    """Rates since the last call, and a progress line in the log."""
+    now = time.time()
+    out = {}
+    if step > self._step and now > self._time:
+      steps_per_s = (step - self._step) / (now - self._time)
+      eta_s = (self._total - step) / steps_per_s
+      out = {"steps_per_sec": steps_per_s,
+             "images_per_sec": steps_per_s * self._images,
+             "eta_minutes": eta_s / 60}
+      logging.info("step %d/%d, %.1f images/s, ETA %s", step, self._total,
+                   out["images_per_sec"], progress.format_duration(eta_s))
+    self._step, self._time = step, now
+    return out

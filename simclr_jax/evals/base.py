@@ -1,0 +1,37 @@
+"""The evaluator interface the training loop calls."""
+
+from typing import Any, Dict, Optional, Protocol
+
+
+class Evaluator(Protocol):
+  """Something the loop runs on the model's variables.
+
+  Attributes:
+    name: key of its results (in the results JSON) and of its TensorBoard
+      scalars (`eval/<name>_top1`, ...).
+    periodic: also run every `train.eval_every_steps`, not only at the end.
+  """
+  name: str
+  periodic: bool
+
+  def run(self, variables: Any, step: int, writer: Any = None
+          ) -> Optional[Dict[str, Any]]:
+    """Evaluates `variables` (replicated) after `step`; call on every process.
+
+    Args:
+      variables: the variables the job's `variables(state)` gives.
+      step: the training step just finished.
+      writer: the run's metric writer, for evaluators that write images.
+
+    Returns:
+      A JSON-able result ('top1', 'top5', 'num_examples' for classifiers),
+      or None when there is nothing to record.
+    """
+
+
+def scalars_of(name: str, result: Optional[Dict[str, Any]]) -> Dict[str, float]:
+  """The TensorBoard scalars of one evaluator's result: eval/<name>_<metric>."""
+  if not result:
+    return {}
+  return {f"eval/{name}_{k}": float(v) for k, v in result.items()
+          if k in ("top1", "top5")}

@@ -1,0 +1,30 @@
+"""The modes of `python -m simclr_jax.main`, by name.
+
+Each mode is a small object that builds a `engine.loop.Job`; the one loop
+runs them all. A new mode is a new file and one line here.
+"""
+
+from typing import Dict
+
+from simclr_jax.engine import loop
+from simclr_jax.modes import distill
+from simclr_jax.modes import finetune
+from simclr_jax.modes import linear_eval
+from simclr_jax.modes import pretrain
+
+MODES: Dict[str, loop.Mode] = {
+    m.name: m for m in (pretrain.MODE, linear_eval.MODE, finetune.MODE,
+                        distill.MODE)}
+
+# Result keys of the modes and how the console names them, in print order.
+RESULT_NAMES = (("probe", "online linear probe"), ("knn", "kNN"),
+                ("linear_probe", "linear probe"), ("linear", "linear eval"),
+                ("finetune", "fine-tuned"), ("student", "distilled student"),
+                ("teacher", "teacher"))
+
+
+def print_results(results: Dict, split: str) -> None:
+  """Prints the top-1 of every result a mode returned, one line each."""
+  for key, name in RESULT_NAMES:
+    if key in results:
+      print(f"{name} top-1 accuracy on {split}: {results[key]['top1']:.4f}")

@@ -1,0 +1,245 @@
+"""Throughput and memory benchmark for a config.
+
+  python -m simclr_jax.benchmark --config=configs/digits.py
+  python -m simclr_jax.benchmark --config=configs/imagenet.py --sample_jpegs \
+      --config.train.global_batch=64 --skip_train \
+      --input_paths=reference,fast,on_device_host --repeats=5
+  python -m simclr_jax.benchmark --config=configs/digits.py --skip_input \
+      --flops
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m \
+      simclr_jax.benchmark --config=configs/digits.py --skip_input \
+      --skip_train --memory --grad_chunks=1,2,4,8
+
+The input pipeline is timed alone (host tf.data, all views augmented); the
+train step is timed alone on a batch already on the devices, so each figure
+says what that part can sustain. `--sample_jpegs` reads scikit-learn's bundled
+photos (427x640), JPEG-encoded into a temporary image folder, as an offline
+stand-in for ImageNet files. `--input_paths` times the host paths in turns
+(one timing of each, then again, `--repeats` rounds, so a slow spell of a
+shared host hits every path alike) and prints each median, and its ratio to
+`reference` when that path is timed too: `reference` (the official-semantics
+ops), `fast` (`data.fast_jpeg`) and `on_device_host` (the host half of
+`aug.on_device`: decode, crop and resize only).
+
+`--flops` adds the achieved FLOP/s of the step (XLA cost analysis / step
+time) next to a measured matmul rate in the model's dtype, and the step time
+of the same model's forward+backward with the loss replaced by a plain mean.
+`--memory` prints XLA's compiled temporary memory per device of the loss
+step (gradient of NT-Xent with respect to z) for `--memory_batches`, and of
+the whole train step for each `--grad_chunks`.
+"""
+
+import gc
+import os
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from simclr_jax.engine import logs
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Configuration file.",
+                                lock_config=False)
+flags.DEFINE_integer("steps", 10, "Timed train steps.")
+flags.DEFINE_integer("warmup_steps", 2, "Untimed train steps after compile.")
+flags.DEFINE_integer("input_batches", 20, "Timed input-pipeline batches.")
+flags.DEFINE_bool("sample_jpegs", False,
+                  "Use scikit-learn's sample photos as a JPEG image folder.")
+flags.DEFINE_integer("sample_copies", 64,
+                     "Copies of each sample photo in the JPEG folder.")
+flags.DEFINE_bool("skip_input", False, "Do not time the input pipeline.")
+flags.DEFINE_bool("skip_train", False, "Do not time the train step.")
+flags.DEFINE_list("input_paths", ["config"],
+                  "Host paths to time: config (as configured), reference, "
+                  "fast, on_device_host.")
+flags.DEFINE_integer("repeats", 1, "Timings per figure (the median is shown).")
+flags.DEFINE_bool("flops", False, "Achieved FLOP/s, matmul rate, mean-loss "
+                  "step.")
+flags.DEFINE_bool("memory", False, "Compiled temporary memory per device.")
+flags.DEFINE_list("memory_batches", ["4096", "16384", "65536"],
+                  "Global batches of the loss-memory table.")
+flags.DEFINE_list("grad_chunks", ["1", "2", "4"],
+                  "train.grad_chunks values of the train-step memory table.")
+flags.mark_flags_as_required(["config"])
+
+
+def write_sample_jpeg_folder(root: str, copies: int) -> str:
+  """Writes scikit-learn's sample photos as JPEGs in root/train/<class>/.
+
+  Args:
+    root: directory to create the folder in.
+    copies: files per photo (each class holds one photo's copies).
+
+  Returns:
+    The image-folder root.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
+  photos = load_sample_images().images
+  for split in ("train", "test"):
+    for c, photo in enumerate(photos):
+      d = os.path.join(root, split, f"photo{c}")
+      os.makedirs(d, exist_ok=True)
+      for i in range(copies if split == "train" else 2):
+        Image.fromarray(np.asarray(photo)).save(
+            os.path.join(d, f"{i:05d}.jpg"), quality=90)
+  return root
+
+
+INPUT_PATHS = {  # --input_paths name -> (data.fast_jpeg, aug.on_device)
+    "reference": (False, False), "fast": (True, False),
+    "on_device_host": (False, True)}
+
+
+def time_input(config, num_batches: int) -> float:
+  """Images/s of the host pretraining pipeline (all views augmented).
+
+  Args:
+    config: the full config (data, aug, train.global_batch, seed).
+    num_batches: timed batches, after two untimed ones.
+
+  Returns:
+    Images per second.
+  """
+  from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  it = data_lib.make_pretrain_iterator(config.data, config.aug,
+                                       config.train.global_batch, config.seed)
+  next(it)  # start-up: file listing, caching, first fill of the buffers
+  next(it)
+  t0 = time.perf_counter()
+  for _ in range(num_batches):
+    next(it)
+  return num_batches * config.train.global_batch / (time.perf_counter() - t0)
+
+
+def time_train_step(config, steps: int, warmup: int):
+  """Images/s of the pretraining step on a synthetic batch on the devices.
+
+  Args:
+    config: the full config.
+    steps: timed steps.
+    warmup: untimed steps after the compile.
+
+  Returns:
+    (images_per_sec, compile_seconds, step_fn, state, device_batch).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
+  from simclr_jax.modes import pretrain  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh()
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  batch = config.train.global_batch
+  sched = config_lib.Schedule(steps_per_epoch=1, total_steps=10 ** 6,
+                              warmup_steps=0, peak_lr=1e-3)
+  _, _, _, state, step_fn = pretrain.build_pretrain(config, 10, sched, mesh)
+  size, views = config.data.image_size, config.aug.num_views
+  rng = np.random.default_rng(0)
+  host = {"images": rng.uniform(size=(batch, views, size, size, 3)).astype(
+      np.float32), "labels": rng.integers(0, 10, batch).astype(np.int32)}
+  device_batch = parallel.host_to_global(mesh, host)
+  t0 = time.perf_counter()
+  state, metrics = step_fn(state, device_batch)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    state, metrics = step_fn(state, device_batch)
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step_fn(state, device_batch)
+  jax.block_until_ready(metrics)
+  return (steps * batch / (time.perf_counter() - t0), compile_s, step_fn,
+          state, device_batch)
+
+
+def _with_input_path(config, name: str):
+  if name == "config":
+    return config
+  if name not in INPUT_PATHS:
+    raise ValueError(f"--input_paths entry {name!r} is invalid: allowed "
+                     f"config, {', '.join(INPUT_PATHS)}.")
+  c = config.copy_and_resolve_references()
+  c.data.fast_jpeg, c.aug.on_device = INPUT_PATHS[name]
+  return c
+
+
+def print_input_paths(config, names, repeats: int, num_batches: int):
+  """Times each host input path, round-robin, and prints medians and ratios.
+
+  The paths take turns (reference, fast, ..., reference, fast, ...) so that
+  a slow spell of a shared host costs every path alike, and each timing
+  starts a fresh iterator after the previous one is released.
+
+  Args:
+    config: the full config.
+    names: `--input_paths` entries.
+    repeats: timings per path.
+    num_batches: batches per timing.
+
+  Returns:
+    {name: median images/s}.
+  """
+  configs = {name: _with_input_path(config, name) for name in names}
+  runs = {name: [] for name in names}
+  for _ in range(max(1, repeats)):
+    for name in names:
+      runs[name].append(time_input(configs[name], num_batches))
+      gc.collect()  # drop the timed iterator's threads and buffers
+  medians = {name: sorted(r)[len(r) // 2] for name, r in runs.items()}
+  for name in names:
+    ips = medians[name]
+    ratio = (f", {ips / medians['reference']:.2f} x the reference path"
+             if "reference" in medians and name != "reference" else "")
+    print(f"input pipeline [{name}]: {ips:.1f} images/s "
+          f"({ips * config.aug.num_views:.1f} views/s){ratio}, median of "
+          f"{len(runs[name])}: {', '.join(f'{r:.1f}' for r in runs[name])}")
+  return medians
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  config = FLAGS.config
+  tmp = None
+  if FLAGS.sample_jpegs:
+    tmp = tempfile.TemporaryDirectory()
+    config.data.source = "folder"
+    config.data.data_dir = write_sample_jpeg_folder(tmp.name,
+                                                    FLAGS.sample_copies)
+    config.data.train_split, config.data.eval_split = "train", "test"
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
+        f"host CPUs: {os.cpu_count()}")
+  print(f"config: source={config.data.source} image_size="
+        f"{config.data.image_size} views={config.aug.num_views} "
+        f"blur={config.aug.blur} depth={config.model.depth} "
+        f"width={config.model.width} global_batch={config.train.global_batch}")
+  if not FLAGS.skip_input:
+    print_input_paths(config, FLAGS.input_paths, FLAGS.repeats,
+                      FLAGS.input_batches)
+  if not FLAGS.skip_train:
+    ips, compile_s, step_fn, state, batch = time_train_step(
+        config, FLAGS.steps, FLAGS.warmup_steps)
+    print(f"train step: {ips:.1f} images/s "
+          f"(compile + first step {compile_s:.1f} s)")
+    if FLAGS.flops:
+      from simclr_jax.tools import perf_report  # pylint: disable=g-import-not-at-top
+      perf_report.print_flops(config, step_fn, state, batch, ips,
+                              FLAGS.steps)
+  if FLAGS.memory:
+    from simclr_jax.tools import perf_report  # pylint: disable=g-import-not-at-top
+    perf_report.print_loss_memory(config,
+                                  [int(b) for b in FLAGS.memory_batches])
+    perf_report.print_step_memory(config, [int(c) for c in FLAGS.grad_chunks])
+  if tmp is not None:
+    tmp.cleanup()
+
+
+def cli() -> None:
+  """The command line: python -m simclr_jax.benchmark."""
+  logs.run_app(main)

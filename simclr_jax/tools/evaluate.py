@@ -1,0 +1,56 @@
+"""Evaluates an export (ours or a converted official checkpoint) with a config.
+
+  python -m simclr_jax.evaluate --export=EXPORT --config=configs/digits_linear.py
+
+runs linear eval, the fast probe and kNN (mode linear_eval) or fine-tuning
+(mode finetune) through the one training loop and writes the results JSON to
+--workdir (default EXPORT_eval).
+"""
+
+import os
+
+from absl import app
+from absl import flags
+
+from simclr_jax.engine import logs
+
+EVAL_MODES = ("linear_eval", "finetune")
+
+
+def main(argv) -> None:
+  """Evaluates --export with --config; prints top-1 of every protocol."""
+  # pylint: disable=g-import-not-at-top
+  from simclr_jax import config as config_lib
+  from simclr_jax import data  # pylint: disable=unused-import  (TF off the GPUs)
+  import jax
+  from simclr_jax.engine import loop
+  from simclr_jax.modes import MODES
+  from simclr_jax.modes import print_results
+  # pylint: enable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  fv = flags.FLAGS
+  config = fv.config
+  with config.unlocked():
+    config.init.export = fv.export
+  if config.mode not in EVAL_MODES:
+    config_lib.fail("mode", config.mode, f"allowed values here are "
+                    f"{EVAL_MODES}")
+  config_lib.validate(config)
+  workdir = fv.workdir or fv.export.rstrip("/") + "_eval"
+  results = loop.run(MODES[config.mode], config, workdir)
+  if jax.process_index() == 0:
+    print_results(results, config.data.eval_split)
+    print(f"results: {os.path.join(workdir, config.mode + '_results.json')}")
+
+
+def cli() -> None:
+  """The command line: python -m simclr_jax.evaluate."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "evaluation config file "
+                                  "(mode linear_eval or finetune)")
+  flags.DEFINE_string("export", None, "export directory to evaluate")
+  flags.DEFINE_string("workdir", None, "results directory (default: "
+                      "EXPORT_eval)")
+  flags.mark_flags_as_required(["config", "export"])
+  logs.run_app(main)

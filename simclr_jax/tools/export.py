@@ -1,0 +1,62 @@
+"""Exports a run's checkpoint as an encoder artifact.
+
+  python -m simclr_jax.export --workdir=runs/digits --out=runs/digits_export
+
+writes parameters and BatchNorm statistics (orbax), the model config as JSON
+and the image convention (see `engine.checkpoint.save_export`). The official
+TF2 converter (`python -m simclr_jax.convert`) writes the same format, so
+every evaluation runs on either.
+"""
+
+import os
+from typing import Any, Dict
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from simclr_jax.engine import checkpoint as ckpt_lib
+from simclr_jax.engine import logs
+from simclr_jax.engine import results as results_lib
+from simclr_jax.evals import encoders
+
+
+def export_workdir(workdir: str, out: str, step: int = 0) -> Dict[str, Any]:
+  """Writes the export of a pretraining checkpoint.
+
+  Args:
+    workdir: the pretraining workdir.
+    out: the export directory (replaced atomically if it exists).
+    step: checkpoint step; 0 = the newest.
+
+  Returns:
+    The export's meta data.
+  """
+  variables, model_cfg, num_classes, step = encoders.load_checkpoint(workdir,
+                                                                     step)
+  pre = results_lib.read_workdir_config(workdir)
+  ckpt_lib.save_export(out, variables, model_cfg, num_classes,
+                       pre.data.image_size, extra={
+                           "source": "simclr_jax pretraining",
+                           "workdir": os.path.abspath(workdir), "step": step,
+                           "dataset": pre.data.name or pre.data.source})
+  return ckpt_lib.read_export_meta(out)
+
+
+def main(argv) -> None:
+  """Exports --workdir (its newest checkpoint, or --step) to --out."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  fv = flags.FLAGS
+  meta = export_workdir(fv.workdir, fv.out, fv.step)
+  logging.info("wrote export %s (step %s)", fv.out, meta["extra"]["step"])
+  print(f"exported {fv.workdir} step {meta['extra']['step']} to {fv.out}")
+
+
+def cli() -> None:
+  """The command line: python -m simclr_jax.export."""
+  flags.DEFINE_string("workdir", None, "pretraining workdir to export")
+  flags.DEFINE_string("out", None, "export directory to write")
+  flags.DEFINE_integer("step", 0, "checkpoint step (0 = newest)")
+  flags.mark_flags_as_required(["workdir", "out"])
+  logs.run_app(main)

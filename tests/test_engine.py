@@ -1,0 +1,282 @@
+"""The one loop, for every mode: results, checkpoints, events, signals, resume.
+
+Each of the four modes runs a few steps on tiny digits data through
+`engine.loop.run`; a SIGTERM in the middle of each is resumed to the same
+final state as an uninterrupted run; each refuses checkpoints of another
+architecture unless `train.start_over` moves them aside.
+"""
+
+import glob
+import os
+import shutil
+import signal
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow as tf
+
+import eval_helpers
+from configs import digits
+from configs import digits_distill
+from configs import digits_finetune
+from configs import digits_linear
+from simclr_jax import parallel
+from simclr_jax.engine import checkpoint as ckpt_lib
+from simclr_jax.engine import loop
+from simclr_jax.engine import preemption
+from simclr_jax.engine import state as state_lib
+from simclr_jax.models import build_model
+from simclr_jax.modes import MODES
+from simclr_jax.modes import RESULT_NAMES
+
+STEPS = 6
+ALL_MODES = ("pretrain", "linear_eval", "finetune", "distill")
+# The evaluator whose result each mode is judged by.
+MAIN_RESULT = {"pretrain": "probe", "linear_eval": "linear",
+               "finetune": "finetune", "distill": "student"}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+  """A pretraining workdir (encoder source) and a teacher export."""
+  root = tmp_path_factory.mktemp("sources")
+  pre = str(root / "pretrain")
+  eval_helpers.make_workdir(pre, step=4)
+  config = digits_distill.get_config("tiny")
+  model = build_model(state_lib.model_config(config), num_classes=10)
+  variables = state_lib.init_variables(model, 16, seed=7)
+  teacher = str(root / "teacher")
+  ckpt_lib.save_export(teacher, variables, state_lib.model_config(config), 10,
+                       16)
+  return {"pretrain": pre, "teacher": teacher}
+
+
+def mode_config(mode, sources, steps=STEPS):
+  """A tiny config of `mode`: a checkpoint every 2 steps, a log every step."""
+  if mode == "pretrain":
+    config = digits.get_config("tiny")
+  elif mode == "linear_eval":
+    config = digits_linear.get_config()
+    config.init.checkpoint_dir = sources["pretrain"]
+    config.eval.protocols = ("linear", "knn")
+  elif mode == "finetune":
+    config = digits_finetune.get_config()
+    config.init.checkpoint_dir = sources["pretrain"]
+  else:
+    config = digits_distill.get_config("tiny")
+    config.distill.teacher_export = sources["teacher"]
+  config.train.global_batch = 32
+  config.eval.batch_size = 64
+  config.train.steps = steps
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 2
+  return config
+
+
+class _SignalAt(preemption.PreemptionGuard):
+  """The real handlers, plus a real SIGTERM sent to this process at `step`."""
+
+  def __init__(self, step):
+    super().__init__()
+    self._at = step
+
+  def should_stop(self, step, sync):
+    if step == self._at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return super().should_stop(step, sync)
+
+
+def _stored(workdir, step):
+  """A checkpoint's arrays as stored, as NumPy."""
+  path = os.path.join(workdir, ckpt_lib.CHECKPOINT_SUBDIR, str(step),
+                      "default")
+  with ocp.StandardCheckpointer() as ckptr:
+    return jax.tree.map(np.asarray, ckptr.restore(path))
+
+
+def _event_tags(workdir):
+  tags = set()
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(v.tag for v in event.summary.value)
+  return tags
+
+
+@pytest.fixture(scope="module")
+def references(sources, tmp_path_factory):
+  """Uninterrupted runs of every mode: {mode: (workdir, results)}."""
+  out = {}
+  for mode in ALL_MODES:
+    workdir = str(tmp_path_factory.mktemp(f"ref_{mode}"))
+    out[mode] = workdir, loop.run(MODES[mode], mode_config(mode, sources),
+                                  workdir)
+  return out
+
+
+def test_registry_names_every_mode_and_result():
+  assert tuple(MODES) == ALL_MODES
+  from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  assert set(config_lib.MODES) == set(MODES)
+  named = {key for key, _ in RESULT_NAMES}
+  assert set(MAIN_RESULT.values()) <= named
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_each_mode_writes_results_checkpoints_and_events(references, mode):
+  workdir, results = references[mode]
+  key = MAIN_RESULT[mode]
+  assert results[key]["num_examples"] == 360
+  assert 0 <= results[key]["top1"] <= 1
+  assert os.path.isfile(os.path.join(workdir, f"{mode}_results.json"))
+  assert os.path.isfile(os.path.join(workdir, "config.json"))
+  steps = ckpt_lib.Checkpointer(workdir, 10).all_steps()
+  assert steps[-1] == STEPS and set(steps) <= {2, 4, 6}
+  tags = _event_tags(workdir)
+  assert {"loss", "images_per_sec", f"eval/{key}_top1"} <= tags, tags
+  if mode in ("finetune", "distill"):
+    assert os.path.isfile(os.path.join(workdir, "export", "meta.json"))
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_sigterm_then_resume_equals_uninterrupted(references, sources,
+                                                  tmp_path, mode):
+  ref_dir, ref_results = references[mode]
+  workdir = str(tmp_path / mode)
+  with pytest.raises(preemption.Preempted) as stopped:
+    loop.run(MODES[mode], mode_config(mode, sources), workdir,
+             guard=_SignalAt(3))
+  assert stopped.value.step == 3 and stopped.value.reason == "SIGTERM"
+  # The step in flight was checkpointed and committed, nothing later.
+  assert ckpt_lib.Checkpointer(workdir, 10).all_steps() == [2, 3]
+  assert not os.path.exists(os.path.join(workdir, f"{mode}_results.json"))
+  results = loop.run(MODES[mode], mode_config(mode, sources), workdir)
+  ours, theirs = _stored(workdir, STEPS), _stored(ref_dir, STEPS)
+  assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  key = MAIN_RESULT[mode]
+  assert results[key]["top1"] == pytest.approx(ref_results[key]["top1"],
+                                               abs=1.5 / 360)
+
+
+@pytest.mark.parametrize("mode,other", (("linear_eval", "pretrain"),
+                                        ("finetune", "distill"),
+                                        ("distill", "pretrain")))
+def test_checkpoints_of_another_model_are_refused_then_moved_aside(
+    references, sources, tmp_path, mode, other):
+  # Another architecture's checkpoints in the workdir (a 2-layer projection
+  # head against the student's 1 layer; a whole network against a head).
+  workdir = str(tmp_path / mode)
+  shutil.copytree(os.path.join(references[other][0],
+                               ckpt_lib.CHECKPOINT_SUBDIR),
+                  os.path.join(workdir, ckpt_lib.CHECKPOINT_SUBDIR))
+  config = mode_config(mode, sources, steps=2)
+  with pytest.raises(ValueError) as err:
+    loop.run(MODES[mode], config, workdir)
+  message = str(err.value)
+  assert "does not fit the configured model" in message
+  assert "train.start_over=True" in message
+  assert "unexpected" in message or "shape mismatch" in message
+  config.train.start_over = True
+  results = loop.run(MODES[mode], config, workdir)
+  assert results[MAIN_RESULT[mode]]["num_examples"] == 360
+  aside = glob.glob(os.path.join(workdir, "checkpoints.replaced-*"))
+  assert len(aside) == 1 and sorted(os.listdir(aside[0])) == ["2", "4", "6"]
+  assert ckpt_lib.Checkpointer(workdir, 10).all_steps() == [2]
+
+
+def test_sigterm_during_the_final_evaluation_resumes_without_training(
+    sources, tmp_path):
+  workdir = str(tmp_path / "run")
+  config = mode_config("linear_eval", sources, steps=2)
+
+  class _SignalInEval(preemption.PreemptionGuard):
+    def should_stop(self, step, sync):
+      if sync and step == 2 and self.requested is None and _evaluating[0]:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return super().should_stop(step, sync)
+
+  _evaluating = [False]
+  job_eval = loop._evaluate_final  # pylint: disable=protected-access
+
+  def flagged(*args, **kwargs):
+    _evaluating[0] = True
+    return job_eval(*args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(loop, "_evaluate_final", flagged)
+    with pytest.raises(preemption.Preempted) as stopped:
+      loop.run(MODES["linear_eval"], config, workdir, guard=_SignalInEval())
+  assert stopped.value.step == 2
+  assert ckpt_lib.Checkpointer(workdir, 10).all_steps() == [2]
+  results = loop.run(MODES["linear_eval"], config, workdir)
+  assert results["linear"]["num_examples"] == 360
+  assert ckpt_lib.Checkpointer(workdir, 10).all_steps() == [2]
+
+
+def _cli_args(mode, sources, workdir, steps):
+  config = {"linear_eval": "configs/digits_linear.py",
+            "finetune": "configs/digits_finetune.py",
+            "distill": "configs/digits_distill.py:tiny"}[mode]
+  args = ["-m", "simclr_jax.main", f"--config={config}",
+          f"--workdir={workdir}", f"--config.train.steps={steps}",
+          "--config.train.checkpoint_every_steps=1",
+          "--config.train.log_every_steps=1",
+          "--config.train.global_batch=32", "--config.eval.batch_size=64"]
+  if mode == "distill":
+    args.append(f"--config.distill.teacher_export={sources['teacher']}")
+  else:
+    args.append(f"--config.init.checkpoint_dir={sources['pretrain']}")
+  if mode == "linear_eval":
+    args.append("--config.eval.protocols=('linear',)")
+  return args
+
+
+@pytest.mark.parametrize("mode", ("linear_eval", "finetune", "distill"))
+def test_cli_sigterm_exits_75_and_kill9_resumes(sources, tmp_path, mode):
+  # pylint: disable=g-import-not-at-top
+  import time
+  import test_preemption_cli as cli
+  workdir = str(tmp_path / "run")
+  procs = []
+  try:
+    # 1. SIGTERM once a few checkpoints exist: save that step, exit 75.
+    log1 = str(tmp_path / "run1.log")
+    procs.append(cli._spawn(_cli_args(mode, sources, workdir, 500), log1))
+    cli._wait_for(procs[-1], log1, "Saving checkpoint at step 3",
+                  time.time() + cli.DEADLINE_S)
+    procs[-1].send_signal(signal.SIGTERM)
+    rc = procs[-1].wait(timeout=120)
+    text = open(log1).read()
+    assert rc == preemption.PREEMPTED_EXIT_CODE, text[-4000:]
+    stopped = int(text.split("preempted (SIGTERM) at step ")[1].split(";")[0])
+    assert ckpt_lib.Checkpointer(workdir, 3).latest_step() == stopped
+    # 2. Resume, then kill -9 once it has saved again.
+    log2 = str(tmp_path / "run2.log")
+    procs.append(cli._spawn(_cli_args(mode, sources, workdir, 500), log2))
+    cli._wait_for(procs[-1], log2,
+                  f"Resuming from checkpoint at step {stopped}",
+                  time.time() + cli.DEADLINE_S)
+    cli._wait_for(procs[-1], log2, f"Saving checkpoint at step {stopped + 2}",
+                  time.time() + cli.DEADLINE_S)
+    procs[-1].send_signal(signal.SIGKILL)
+    procs[-1].wait(timeout=60)
+    latest = ckpt_lib.Checkpointer(workdir, 3).latest_step()
+    assert latest > stopped
+    # 3. The rerun resumes from the newest complete checkpoint and finishes.
+    log3 = str(tmp_path / "run3.log")
+    procs.append(cli._spawn(_cli_args(mode, sources, workdir, latest + 2),
+                            log3))
+    rc = procs[-1].wait(timeout=cli.DEADLINE_S)
+    text = open(log3).read()
+    assert rc == 0, text[-4000:]
+    assert f"Resuming from checkpoint at step {latest}" in text
+    assert ckpt_lib.Checkpointer(workdir, 3).latest_step() == latest + 2
+    assert os.path.isfile(os.path.join(workdir, f"{mode}_results.json"))
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()

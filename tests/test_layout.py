@@ -1,0 +1,115 @@
+"""The package's import graph: no cycle, and the library never imports tools.
+
+Every import statement counts, also those inside functions (a lazy import is
+still a dependency), read from the source with `ast`, so this test imports
+nothing it checks.
+"""
+
+import ast
+import os
+
+import pytest
+
+PACKAGE = "simclr_jax"
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), PACKAGE)
+# Command entry points: `python -m simclr_jax.<name>` runs the tool of that
+# name; they are not library modules.
+ENTRY_POINTS = {f"{PACKAGE}.{n}" for n in ("main", "export", "evaluate",
+                                           "convert", "benchmark",
+                                           "visualize", "preview")}
+TOOLS = f"{PACKAGE}.tools"
+
+
+def _modules():
+  """{module name: path} of every module of the package."""
+  out = {}
+  for root, _, files in os.walk(ROOT):
+    for name in files:
+      if not name.endswith(".py"):
+        continue
+      rel = os.path.relpath(os.path.join(root, name), os.path.dirname(ROOT))
+      mod = rel[:-3].replace(os.sep, ".")
+      out[mod[:-len(".__init__")] if mod.endswith(".__init__") else mod] = (
+          os.path.join(root, name))
+  return out
+
+
+def import_graph():
+  """{module: set of package modules it imports}."""
+  modules = _modules()
+  graph = {}
+  for mod, path in modules.items():
+    with open(path) as f:
+      tree = ast.parse(f.read(), path)
+    deps = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in
+                 modules else node.module for a in node.names]
+      else:
+        continue
+      deps.update(n for n in names if n in modules and n != mod)
+    graph[mod] = deps
+  return graph
+
+
+def find_cycles(graph):
+  """Strongly connected components of more than one module (Tarjan)."""
+  index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+  def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on_stack.add(v)
+    for w in graph[v]:
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on_stack:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      comp = []
+      while True:
+        w = stack.pop()
+        on_stack.discard(w)
+        comp.append(w)
+        if w == v:
+          break
+      if len(comp) > 1:
+        out.append(sorted(comp))
+
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return out
+
+
+def test_the_checker_finds_a_planted_cycle():
+  graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+  assert find_cycles(graph) == [["a", "b", "c"]]
+  assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle():
+  graph = import_graph()
+  assert len(graph) > 30  # the walk saw the package
+  assert find_cycles(graph) == []
+
+
+def test_library_never_imports_the_tools():
+  graph = import_graph()
+  offenders = {mod: sorted(d for d in deps if d.startswith(TOOLS))
+               for mod, deps in graph.items()
+               if not mod.startswith(TOOLS) and mod not in ENTRY_POINTS}
+  assert {m: d for m, d in offenders.items() if d} == {}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS - {f"{PACKAGE}.main"}))
+def test_entry_points_are_a_few_lines(name):
+  with open(_modules()[name]) as f:
+    code = [l for l in f.read().splitlines() if l.strip() and
+            not l.lstrip().startswith("#")]
+  assert len(code) <= 12, name
