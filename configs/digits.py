@@ -35,6 +35,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.train.epochs = 30
   config.train.log_every_steps = 20
   config.train.checkpoint_every_steps = 200
+  # Watch it learn: kNN monitor, online probe and pictures at steps 50, 100
+  # and at the end (TensorBoard images and <workdir>/pictures/*.png).
+  config.train.eval_every_steps = 50
   config.eval.batch_size = 256
   config.eval.knn_k = 20  # 200 of 1,437 memory rows would be 14% of the bank
   config.eval.final_probe = True  # end by printing the linear-probe accuracy

@@ -68,6 +68,7 @@ def validate(config: ml_collections.ConfigDict,
     num_processes: number of processes (hosts) sharing the run.
   """
   _check_in(config, "mode", MODES)
+  _check_finite_numbers(config)
   _check_label_fractions(config)
   _check_in(config, "data.source", SOURCES)
   if config.data.source == "tfds" and not config.data.name:
@@ -125,6 +126,19 @@ def validate(config: ml_collections.ConfigDict,
             f"must be divisible by the number of devices ({num_devices})")
 
 
+def _check_finite_numbers(config: ml_collections.ConfigDict,
+                          prefix: str = "") -> None:
+  """Every float field, in any section, must be finite (no NaN, no inf)."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      _check_finite_numbers(value, f"{prefix}{key}.")
+    elif isinstance(value, float) and not math.isfinite(value):
+      fail(f"{prefix}{key}", value, "a finite number is required")
+    elif isinstance(value, (tuple, list)) and any(
+        isinstance(v, float) and not math.isfinite(v) for v in value):
+      fail(f"{prefix}{key}", tuple(value), "finite numbers are required")
+
+
 def _check_label_fractions(config: ml_collections.ConfigDict,
                            prefix: str = "") -> None:
   """Every field named *label_fraction, in any section, must be in (0, 1]."""
@@ -141,6 +155,8 @@ def _check_label_fractions(config: ml_collections.ConfigDict,
 def _validate_eval(config: ml_collections.ConfigDict) -> None:
   """Checks the evaluation fields and that linear_eval/finetune have an encoder."""
   ev = config.eval
+  if not isinstance(ev.batch_size, int) or ev.batch_size < 1:
+    _fail("eval.batch_size", ev.batch_size, "a positive integer is required")
   if not 0 < ev.label_fraction <= 1:
     _fail("eval.label_fraction", ev.label_fraction, "must be in (0, 1]")
   if ev.knn_k < 1:
@@ -179,6 +195,58 @@ def _validate_distill(config: ml_collections.ConfigDict) -> None:
     _fail("distill.temperature", config.distill.temperature, "must be > 0")
   if config.distill.label_weight < 0:
     _fail("distill.label_weight", config.distill.label_weight, "must be >= 0")
+
+
+def uses_knn(config: ml_collections.ConfigDict) -> bool:
+  """Whether the mode runs the kNN classifier (monitor or protocol)."""
+  if config.mode == "pretrain":
+    return bool(config.eval.knn)
+  return config.mode == "linear_eval" and "knn" in tuple(config.eval.protocols)
+
+
+def validate_data(config: ml_collections.ConfigDict, num_train: int,
+                  num_eval: int) -> None:
+  """Checks the fields whose limits depend on the dataset's split sizes.
+
+  Called as soon as the sizes are known, before any model is built or
+  anything compiled, so that a small dataset fails at once instead of at
+  the first evaluation.
+
+  Args:
+    config: the full configuration.
+    num_train: examples of `data.train_split` (all processes).
+    num_eval: examples of `data.eval_split` (all processes).
+
+  Raises:
+    ConfigError: naming the field, its value and the limit.
+  """
+  split = config.data.eval_split
+  if num_eval < 1:
+    fail("data.eval_split", split, "the split holds no examples")
+  labelled = num_train
+  if config.mode in ("linear_eval", "finetune") or uses_knn(config):
+    # The seeded class-balanced subset (about this size; exact per class).
+    labelled = max(1, int(round(num_train * float(config.eval.label_fraction))))
+  trained_on = labelled if config.mode in ("linear_eval",
+                                           "finetune") else num_train
+  batch = config.train.global_batch
+  if batch > trained_on:
+    fail("train.global_batch", batch, f"exceeds the {trained_on} training "
+         "examples (the last partial batch is dropped)")
+  if uses_knn(config) and config.eval.knn_k > labelled:
+    fail("eval.knn_k", config.eval.knn_k, f"must be <= the {labelled} "
+         "examples of the kNN memory (the labelled training examples)")
+  if config.mode == "pretrain" and config.viz.enabled:
+    points = min(int(config.viz.tsne_points), num_eval)
+    if not 0 < float(config.viz.tsne_perplexity) < points:
+      fail("viz.tsne_perplexity", config.viz.tsne_perplexity,
+           f"must be in (0, {points}), the points of the embedding map "
+           f"(viz.tsne_points={config.viz.tsne_points}, {num_eval} examples "
+           f"in {split!r})")
+    for field in ("heatmap_batch", "preview_images"):
+      if int(config.viz[field]) > num_train:
+        fail(f"viz.{field}", config.viz[field], f"must be <= the {num_train} "
+             "training examples")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,8 @@ from typing import Any, Callable, Tuple
 import jax
 import jax.numpy as jnp
 
+from simclr_jax import config as config_lib
+
 Forward = Callable[[Any, Any], Tuple[Any, Any]]
 
 
@@ -36,9 +38,9 @@ def check_chunks(local_batch: int, num_chunks: int) -> None:
   """
   if (isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or
       num_chunks < 1 or local_batch % num_chunks):
-    raise ValueError(f"train.grad_chunks = {num_chunks!r} is invalid: need a "
-                     "positive integer dividing the per-device batch of "
-                     f"{local_batch} images.")
+    config_lib.fail("train.grad_chunks", num_chunks, "a positive integer "
+                    f"dividing the per-device batch of {local_batch} images "
+                    "is required")
 
 
 def split_chunks(tree: Any, num_chunks: int) -> Any:

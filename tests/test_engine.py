@@ -22,7 +22,6 @@ from configs import digits
 from configs import digits_distill
 from configs import digits_finetune
 from configs import digits_linear
-from simclr_jax import parallel
 from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax.engine import loop
 from simclr_jax.engine import preemption
@@ -280,3 +279,32 @@ def test_cli_sigterm_exits_75_and_kill9_resumes(sources, tmp_path, mode):
       if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("overrides,field", [
+    # The embedding map of a small eval split: 360 points, perplexity 500.
+    (["--config.viz.enabled=True", "--config.viz.tsne_perplexity=500"],
+     "viz.tsne_perplexity=500.0"),
+    (["--config.eval.knn_k=5000"], "eval.knn_k=5000"),
+    (["--config.train.global_batch=2048"], "train.global_batch=2048"),
+    (["--config.loss.temperature=nan"], "loss.temperature=nan"),
+    (["--config.eval.batch_size=0"], "eval.batch_size=0"),
+])
+def test_config_errors_are_one_line_with_status_2_before_compiling(
+    tmp_path, overrides, field):
+  # pylint: disable=g-import-not-at-top
+  import subprocess
+  import sys
+  import test_preemption_cli as cli
+  cmd = [sys.executable, "-m", "simclr_jax.main",
+         "--config=configs/digits.py:tiny",
+         f"--workdir={tmp_path / 'run'}", *overrides]
+  proc = subprocess.run(cmd, cwd=cli.REPO, env=cli._env(), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert errors == [f"error: config.{field} is invalid: " +
+                    errors[0].split(" is invalid: ")[1]], proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  assert "Initial compilation" not in proc.stderr
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")

@@ -14,7 +14,6 @@ from jax.sharding import PartitionSpec as P
 from configs import digits_supcon
 from simclr_jax.evals import classifier
 from simclr_jax.evals import encoders
-from simclr_jax.modes import distill
 from simclr_jax.tools import export
 from simclr_jax import parallel
 from simclr_jax.engine import state as state_lib

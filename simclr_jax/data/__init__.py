@@ -5,7 +5,10 @@ from it as soon as this package is imported (before any TF op runs); JAX owns
 the GPUs/TPUs.
 """
 
-import tensorflow as tf
+from simclr_jax.engine import logs as _logs
+
+with _logs.native_stderr_filtered():  # TensorFlow's native start-up lines
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 
 def _hide_accelerators_from_tensorflow() -> None:

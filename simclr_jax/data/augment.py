@@ -11,6 +11,7 @@ from typing import Any, Tuple
 
 import tensorflow as tf
 
+from simclr_jax import config as config_lib
 from simclr_jax.data import photometric
 
 # Fixed constants of the official `crop_and_resize`: they are part of the
@@ -27,7 +28,7 @@ Seed = photometric.Seed
 
 def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
   if not cond:
-    raise ValueError(f"aug.{field} = {value!r} is invalid: {allowed}.")
+    config_lib.fail(f"aug.{field}", value, allowed)
 
 
 def check_aug_config(aug_cfg: Any) -> None:

@@ -22,6 +22,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from simclr_jax import config as config_lib
+
 SOURCES = ("digits", "tfds", "folder")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DIGITS_SPLITS = ("train", "test")
@@ -63,7 +65,7 @@ class Table:
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
-  raise ValueError(f"{field} = {value!r} is invalid: {allowed}.")
+  config_lib.fail(field, value, allowed)
 
 
 def is_random_access(data_cfg: Any) -> bool:

@@ -5,11 +5,14 @@ lines per checkpoint); those lines are dropped below WARNING so the training
 metrics stay visible. Warnings and errors from every library still show.
 """
 
+import contextlib
+import io
 import logging
 import os
 import sys
+import tempfile
 import warnings
-from typing import Any, Callable, List
+from typing import Any, Callable, Iterator, List
 
 # Source-path fragments of libraries whose INFO lines are dropped.
 _QUIET_SOURCES = ("/orbax/", "/etils/", "/tensorstore/", "/jax/_src/xla_bridge",
@@ -48,6 +51,45 @@ def quiet_native_logs() -> None:
   once, when they load.
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# Lines TensorFlow's native code prints to the process's stderr on import,
+# before any logging is set up (TF_CPP_MIN_LOG_LEVEL does not reach them).
+_NATIVE_CHATTER = ("All log messages before absl::InitializeLog",
+                   "oneDNN custom operations are on",
+                   "This TensorFlow binary is optimized",
+                   "To enable the following instructions",
+                   "Unable to register cu", "computation placer already")
+
+
+@contextlib.contextmanager
+def native_stderr_filtered() -> Iterator[None]:
+  """Drops TensorFlow's native start-up lines written to fd 2 meanwhile.
+
+  Everything else written to the process's stderr in the block is passed on
+  unchanged when the block ends.
+  """
+  try:
+    fd = sys.stderr.fileno()
+  except (AttributeError, ValueError, io.UnsupportedOperation):
+    yield  # no real stderr (an embedding host): nothing to filter
+    return
+  sys.stderr.flush()
+  saved = os.dup(fd)
+  with tempfile.TemporaryFile() as tmp:
+    os.dup2(tmp.fileno(), fd)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, fd)
+      os.close(saved)
+      tmp.seek(0)
+      kept = [l for l in tmp.read().decode(errors="replace").splitlines(True)
+              if not any(s in l for s in _NATIVE_CHATTER)]
+      if kept:
+        sys.stderr.write("".join(kept))
+        sys.stderr.flush()
 
 
 def run_app(main: Callable[[List[str]], Any]) -> None:

@@ -82,6 +82,12 @@ class Mode:
     """Builds the job; must fail on bad values before compiling anything."""
     raise NotImplementedError  # every mode overrides it
 
+  def run(self, config: ml_collections.ConfigDict, workdir: str,
+          guard: Optional[preemption.PreemptionGuard] = None
+          ) -> Dict[str, Any]:
+    """Runs this mode in `workdir` through the one loop; see `run`."""
+    return run(self, config, workdir, guard)
+
 
 def run(mode: Mode, config: ml_collections.ConfigDict, workdir: str,
         guard: Optional[preemption.PreemptionGuard] = None) -> Dict[str, Any]:
@@ -114,6 +120,7 @@ def _run(mode: Mode, config: ml_collections.ConfigDict, workdir: str,
   config_lib.validate(config, jax.device_count(), jax.process_count())
   # Hosts started with different flags would hang in (or corrupt) collectives.
   distributed.check_config_agreement(config, {"workdir": workdir})
+  _check_data(config)
   job = mode.build(config, mesh, workdir)
   checkpointer, start = None, 0
   if job.total_steps > 0:  # an evaluation-only job has nothing to checkpoint
@@ -150,6 +157,14 @@ def _run(mode: Mode, config: ml_collections.ConfigDict, workdir: str,
       checkpointer.close()
     if writer is not None:
       writer.close()
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  """The data-dependent config checks, before any model is built."""
+  from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  info = data_lib.dataset_info(config.data)
+  config_lib.validate_data(config, info.num_examples[config.data.train_split],
+                           info.num_examples[config.data.eval_split])
 
 
 def _train(job: Job, config: ml_collections.ConfigDict, state: Any,

@@ -21,7 +21,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P

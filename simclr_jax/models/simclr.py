@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from simclr_jax import config as config_lib
 from simclr_jax.models.heads import ProjectionHead, SupervisedHead
 from simclr_jax.models.resnet import (BASE_WIDTHS, BOTTLENECK_DEPTHS,
                                       EXPANSION, SK_MIN_DIM, STAGE_SIZES,
@@ -105,7 +106,7 @@ class SimCLRModel(nn.Module):
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
-  raise ValueError(f"model.{field}={value!r} is invalid: {allowed}")
+  config_lib.fail(f"model.{field}", value, allowed)
 
 
 def _is_int(value: Any) -> bool:

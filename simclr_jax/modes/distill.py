@@ -179,8 +179,4 @@ class Distill(loop.Mode):
 
 MODE = Distill()
 
-
-def run(config: ml_collections.ConfigDict, workdir: str,
-        guard: Any = None) -> Dict[str, Any]:
-  """Runs the distill mode through the one loop; see `loop.run`."""
-  return loop.run(MODE, config, workdir, guard)
+run = MODE.run  # run(config, workdir, guard=None): the mode in the loop

@@ -140,8 +140,4 @@ class Finetune(loop.Mode):
 
 MODE = Finetune()
 
-
-def run(config: ml_collections.ConfigDict, workdir: str,
-        guard: Any = None) -> Dict[str, Any]:
-  """Runs the finetune mode through the one loop; see `loop.run`."""
-  return loop.run(MODE, config, workdir, guard)
+run = MODE.run  # run(config, workdir, guard=None): the mode in the loop

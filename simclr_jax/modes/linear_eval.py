@@ -153,8 +153,4 @@ class LinearEval(loop.Mode):
 
 MODE = LinearEval()
 
-
-def run(config: ml_collections.ConfigDict, workdir: str,
-        guard: Any = None) -> Dict[str, Any]:
-  """Runs the linear_eval mode through the one loop; see `loop.run`."""
-  return loop.run(MODE, config, workdir, guard)
+run = MODE.run  # run(config, workdir, guard=None): the mode in the loop

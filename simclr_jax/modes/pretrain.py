@@ -271,8 +271,4 @@ class Pretrain(loop.Mode):
 
 MODE = Pretrain()
 
-
-def run(config: ml_collections.ConfigDict, workdir: str,
-        guard: Any = None) -> Dict[str, Any]:
-  """Pretrains (or resumes) in `workdir` through the one loop; see `loop.run`."""
-  return loop.run(MODE, config, workdir, guard)
+run = MODE.run  # run(config, workdir, guard=None): the mode in the loop
