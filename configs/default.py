@@ -95,6 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.keep_checkpoints = 3  # checkpoints kept in the workdir
   train.eval_every_steps = 0  # online evaluation interval (0 = only at end)
   train.start_over = False  # move aside workdir checkpoints of a different model and start at step 0
+  train.allow_config_change = False  # resume although hyper-parameters differ from the checkpoints' config
 
   config.distill = distill = ml_collections.ConfigDict()
   distill.teacher_export = ""  # mode distill: export dir of the frozen teacher (needs a classifier head)

@@ -181,7 +181,9 @@ def test_run_evaluates_exports_and_resumes(teacher_export, tmp_path):
   top1, _ = _eval_reference(config, student, exported)
   assert results["student"]["top1"] == pytest.approx(top1, abs=1e-9)
 
+  # Extending the run is a decision: the changed step count is allowed.
   proc = _run_main(workdir, "--config.train.steps=6",
+                   "--config.train.allow_config_change=True",
                    f"--config.distill.teacher_export={teacher_export}",
                    "--config.model.stem=cifar")
   assert "Resuming from checkpoint at step 4" in proc.stdout + proc.stderr

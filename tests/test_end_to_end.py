@@ -40,7 +40,9 @@ def test_pretrain_checkpoints_and_resumes(tmp_path):
   assert os.listdir(workdir) and any(
       name.startswith("events.out.tfevents") for name in os.listdir(workdir))
 
-  second = _run_main(workdir, "--config.train.steps=6")
+  # Extending the run is a decision: the changed step count is allowed.
+  second = _run_main(workdir, "--config.train.steps=6",
+                     "--config.train.allow_config_change=True")
   log = second.stdout + second.stderr
   assert "Resuming from checkpoint at step 4" in log
   assert _steps(workdir)[-1] == 6

@@ -266,8 +266,8 @@ def test_cli_sigterm_exits_75_and_kill9_resumes(sources, tmp_path, mode):
     assert latest > stopped
     # 3. The rerun resumes from the newest complete checkpoint and finishes.
     log3 = str(tmp_path / "run3.log")
-    procs.append(cli._spawn(_cli_args(mode, sources, workdir, latest + 2),
-                            log3))
+    procs.append(cli._spawn(_cli_args(mode, sources, workdir, latest + 2) +
+                            ["--config.train.allow_config_change=True"], log3))
     rc = procs[-1].wait(timeout=cli.DEADLINE_S)
     text = open(log3).read()
     assert rc == 0, text[-4000:]

@@ -162,7 +162,8 @@ def test_sigterm_exit_status_then_kill9_mid_save_then_finish(tmp_path,
 
   # 3. The next run resumes from the newest complete checkpoint and finishes.
   log3 = str(tmp_path / "run3.log")
-  proc = _spawn(_main_args(workdir, latest + 2), log3)
+  proc = _spawn(_main_args(workdir, latest + 2) +
+                ["--config.train.allow_config_change=True"], log3)
   children.append(proc)
   rc = proc.wait(timeout=DEADLINE_S)
   text = open(log3).read()

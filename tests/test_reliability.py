@@ -93,9 +93,12 @@ def _load(workdir, step):
 
 
 def _digest(directory):
+  """sha256 of every file below `directory`, but the run's lock file."""
   out = {}
   for root, _, files in os.walk(directory):
     for name in files:
+      if name == ".lock":  # the lock of the run that refused: no data
+        continue
       path = os.path.join(root, name)
       with open(path, "rb") as f:
         out[os.path.relpath(path, directory)] = hashlib.sha256(
@@ -205,13 +208,13 @@ def test_start_over_moves_another_model_aside(reference, tmp_path):
   shutil.copytree(src, tmp_path / ckpt_lib.CHECKPOINT_SUBDIR)
   stored = _load(ref_dir, STEPS)
   # Same model: resumed even with start_over (a requeued job keeps progress).
-  ckpt, start = ckpt_lib.open_for_resume(str(tmp_path), 3, stored, True)
+  ckpt, start, _ = ckpt_lib.resume(str(tmp_path), 3, stored, True)
   ckpt.close()
   assert start == STEPS
   other = jax.tree.map(lambda x: np.zeros(x.shape + (2,), x.dtype), stored)
   with pytest.raises(ValueError, match="start_over=True"):
-    ckpt_lib.open_for_resume(str(tmp_path), 3, other, False)
-  ckpt, start = ckpt_lib.open_for_resume(str(tmp_path), 3, other, True)
+    ckpt_lib.resume(str(tmp_path), 3, other, False)
+  ckpt, start, _ = ckpt_lib.resume(str(tmp_path), 3, other, True)
   assert start == 0 and ckpt.all_steps() == []
   ckpt.close()
   aside = [d for d in os.listdir(tmp_path) if ".replaced-" in d]

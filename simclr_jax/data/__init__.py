@@ -34,6 +34,7 @@ from simclr_jax.data.pipeline import make_supervised_iterator
 from simclr_jax.data.pipeline import num_eval_batches
 from simclr_jax.data.sources import DatasetInfo
 from simclr_jax.data.sources import check_data_config
+from simclr_jax.data.sources import check_split_readable
 from simclr_jax.data.sources import dataset_info
 from simclr_jax.data.sources import load_labels
 from simclr_jax.data.sources import shard_sizes
@@ -42,6 +43,7 @@ __all__ = [
     "DatasetInfo",
     "check_aug_config",
     "check_data_config",
+    "check_split_readable",
     "class_balanced_subset",
     "dataset_info",
     "load_labels",

@@ -201,7 +201,32 @@ def _folder_files(data_cfg: Any, split: str) -> Tuple[List[str], np.ndarray]:
   if not paths:
     _fail("split", split, f"no images in {split_dir}: expected "
           f"<class>/<image> files ending in {IMAGE_EXTENSIONS}")
-  return paths, np.asarray(labels, np.int32)
+  labels = np.asarray(labels, np.int32)
+  if data_cfg.get("skip_corrupt", False):
+    # Skipped files are not examples: split sizes, shards and evaluation
+    # masks all count the readable ones only.
+    ok = _readable(paths)
+    if not ok.all():
+      _log_skipped(split, [p for p, keep in zip(paths, ok) if not keep],
+                   len(paths))
+    paths = [p for p, keep in zip(paths, ok) if keep]
+    labels = labels[ok]
+  return paths, labels
+
+
+_SKIP_LOGGED = set()
+
+
+def _log_skipped(split: str, bad: List[str], total: int) -> None:
+  """Logs the skipped files of a split once per process."""
+  if (split, tuple(bad)) in _SKIP_LOGGED:
+    return
+  _SKIP_LOGGED.add((split, tuple(bad)))
+  shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more"
+                                if len(bad) > 5 else "")
+  logging.warning("data.skip_corrupt: skipped %d of %d image files of split "
+                  "%r that cannot be decoded: %s", len(bad), total, split,
+                  shown)
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
@@ -217,21 +242,29 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
   return tf.ensure_shape(image, [None, None, 3])
 
 
+# Decode results by file path: every count and table of a split sees the
+# same files, and each file is decoded for checking once per process.
+_READABLE: Dict[str, bool] = {}
+
+
 def _readable(paths: List[str]) -> np.ndarray:
   """Which files decode as images: one parallel decode pass, errors caught."""
-  paths_t = tf.constant(paths, tf.string)
+  todo = [p for p in paths if p not in _READABLE]
+  if todo:
+    paths_t = tf.constant(todo, tf.string)
 
-  def try_decode(i):
-    image = decode_image(tf.io.read_file(tf.gather(paths_t, i)))
-    return i, tf.shape(image)[0]  # forces the whole decode
+    def try_decode(i):
+      image = decode_image(tf.io.read_file(tf.gather(paths_t, i)))
+      return i, tf.shape(image)[0]  # forces the whole decode
 
-  ds = tf.data.Dataset.range(len(paths)).map(
-      try_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-  ds = ds.apply(tf.data.experimental.ignore_errors())
-  ok = np.zeros(len(paths), bool)
-  for i, _ in ds.as_numpy_iterator():
-    ok[i] = True
-  return ok
+    ds = tf.data.Dataset.range(len(todo)).map(
+        try_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.apply(tf.data.experimental.ignore_errors())
+    ok = np.zeros(len(todo), bool)
+    for i, _ in ds.as_numpy_iterator():
+      ok[i] = True
+    _READABLE.update(zip(todo, ok.tolist()))
+  return np.asarray([_READABLE[p] for p in paths], bool)
 
 
 def _drop_unreadable(data_cfg: Any, paths: np.ndarray, labels: np.ndarray,
@@ -441,6 +474,23 @@ def load_labels(data_cfg: Any, split: str) -> np.ndarray:
     return _folder_files(data_cfg, split)[1]
   ds = tfds_records(data_cfg, tfds_builder(data_cfg), split, ordered=True)
   return np.fromiter(ds.map(lambda e, y: y).as_numpy_iterator(), np.int32)
+
+
+def check_split_readable(data_cfg: Any, split: str) -> None:
+  """Decodes every image file of this process's part of `split` once.
+
+  Raises (or, with `data.skip_corrupt`, logs the count of) unreadable files,
+  as loading the split would; sources other than folders have nothing to
+  check.
+  """
+  if data_cfg.source != "folder":
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  paths, labels = _folder_files(data_cfg, split)
+  ids = np.arange(len(labels), dtype=np.int64)
+  pi, pc = jax.process_index(), jax.process_count()
+  _drop_unreadable(data_cfg, np.asarray(paths, dtype=object)[pi::pc],
+                   labels[pi::pc], ids[pi::pc])
 
 
 def load_table(data_cfg: Any, split: str, process_index: int,

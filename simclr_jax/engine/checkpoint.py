@@ -7,8 +7,13 @@ complete, so a kill during a save leaves the previous checkpoint readable).
 An export is a self-contained encoder artifact:
   <export>/meta.json      model config, num_classes, image convention, extras
   <export>/variables/     orbax StandardCheckpointer of {'params', 'batch_stats'}
-It is written to a temporary sibling directory and renamed into place, so an
-existing export is never left half-overwritten.
+It is written to a hidden work folder beside it and renamed into place, so an
+existing export is never left half-overwritten; a path that holds anything
+but an export of ours (a workdir, a user's files) is refused, never deleted.
+
+A checkpoint that cannot be read is set aside in
+`<workdir>/checkpoints.unreadable/` and the run resumes from an older one;
+only a readable checkpoint of other shapes counts as a different model.
 """
 
 import json
@@ -23,6 +28,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from absl import logging
 from jax.experimental import multihost_utils
+
+from simclr_jax import config as config_lib
 
 EXPORT_FORMAT = "simclr_jax.export/1"
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -99,6 +106,9 @@ class Checkpointer:
   def item_shapes(self, step: int) -> Dict[str, Tuple[int, ...]]:
     """Maps 'a/b/c' leaf paths of checkpoint `step` to their shapes."""
     meta = self._manager.item_metadata(step)
+    if meta is None:
+      raise ValueError(f"checkpoint {self.directory}/{step} has no readable "
+                       "item metadata")
     return _flat_shapes(meta)
 
   def wait(self) -> None:
@@ -157,10 +167,73 @@ def check_shapes(saved: Any, target: Any, what: str) -> None:
                      f"{shown}{more}")
 
 
+# Names of our own work folders beside an export being written or replaced.
+_PARTIAL = ".simclr_jax-partial"
+_REPLACED = ".simclr_jax-replaced"
+_PARTIAL_MARKER = ".simclr_jax_partial"  # inside a folder we are writing
+_EXPORT_ENTRIES = {"meta.json", "variables"}
+
+
+def is_export(path: str) -> bool:
+  """Whether `path` is an export made by simclr_jax and nothing else."""
+  meta_path = os.path.join(path, "meta.json")
+  if not os.path.isfile(meta_path):
+    return False
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return (isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT and
+          set(os.listdir(path)) <= _EXPORT_ENTRIES)
+
+
+def check_export_target(out_dir: str, field: str = "--out") -> None:
+  """Refuses an output path that is not ours to replace; call before work.
+
+  Allowed: a path that does not exist, an empty folder, or an export made by
+  simclr_jax (which is then replaced atomically). Anything else (a workdir,
+  a folder with a user's files, a file) is refused without touching it.
+
+  Args:
+    out_dir: the export directory to write.
+    field: the flag or config field that named it, for the message.
+
+  Raises:
+    ConfigError: naming the path and what it holds.
+  """
+  if not os.path.lexists(out_dir):
+    return
+  if os.path.isdir(out_dir) and not os.path.islink(out_dir):
+    entries = sorted(os.listdir(out_dir))
+    if not entries or is_export(out_dir):
+      return
+    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+    what = f"a folder holding {shown}"
+  else:
+    what = "a file or link"
+  raise config_lib.ConfigError(
+      f"{field}={out_dir!r} is invalid: it is {what}, not an export made by "
+      "simclr_jax; nothing was written or deleted. Choose a new directory")
+
+
+def _clear_our_leftover(path: str) -> None:
+  """Removes a work folder of an earlier interrupted export, if ours."""
+  if not os.path.lexists(path):
+    return
+  ours = os.path.isdir(path) and not os.path.islink(path) and (
+      os.path.exists(os.path.join(path, _PARTIAL_MARKER)) or is_export(path))
+  if not ours:
+    raise config_lib.ConfigError(
+        f"{path!r} is in the way of the export beside it and was not made by "
+        "simclr_jax; nothing was deleted. Move it away")
+  shutil.rmtree(path)
+
+
 def save_export(out_dir: str, variables: Dict[str, Any],
                 model_config: Dict[str, Any], num_classes: int,
-                image_size: int, extra: Optional[Dict[str, Any]] = None
-                ) -> None:
+                image_size: int, extra: Optional[Dict[str, Any]] = None,
+                field: str = "--out") -> None:
   """Writes an encoder export (see module docstring); atomic on one filesystem.
 
   Args:
@@ -170,8 +243,14 @@ def save_export(out_dir: str, variables: Dict[str, Any],
     num_classes: classes of the supervised head in `variables` (0 = none).
     image_size: input side the encoder was trained with.
     extra: further JSON-able metadata (e.g. source checkpoint and step).
+    field: the flag or config field that named `out_dir`, for messages.
+
+  Raises:
+    ConfigError: `out_dir` exists and is not an export made by simclr_jax
+      (see `check_export_target`); nothing is written or deleted then.
   """
   out_dir = os.path.abspath(out_dir)
+  check_export_target(out_dir, field)
   host_vars = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), variables)
   meta = {
       "format": EXPORT_FORMAT,
@@ -182,23 +261,31 @@ def save_export(out_dir: str, variables: Dict[str, Any],
       "image_layout": "NHWC float32 RGB, no mean/std normalisation",
       "extra": dict(extra or {}),
   }
-  tmp = out_dir + ".tmp"
+  parent, base = os.path.split(out_dir)
+  # Work folders of our own, hidden beside the export: written in full
+  # first, then swapped in, so a reader never sees half an export.
+  tmp = os.path.join(parent, f".{base}{_PARTIAL}")
+  old = os.path.join(parent, f".{base}{_REPLACED}")
   if jax.process_index() == 0:
-    shutil.rmtree(tmp, ignore_errors=True)
+    for path in (tmp, old):
+      _clear_our_leftover(path)
     os.makedirs(tmp)
+    open(os.path.join(tmp, _PARTIAL_MARKER), "w").close()
     with open(os.path.join(tmp, "meta.json"), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
+  multihost_utils.sync_global_devices("simclr_jax.export.start")
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(tmp, "variables"), host_vars)
   ckptr.wait_until_finished()
   ckptr.close()
   if jax.process_index() == 0:
-    old = out_dir + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(out_dir):
-      os.rename(out_dir, old)
+    os.remove(os.path.join(tmp, _PARTIAL_MARKER))
+    if os.path.lexists(out_dir):
+      os.rename(out_dir, old)  # an export of ours (checked above) or empty
     os.rename(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(old):
+      shutil.rmtree(old)
+  multihost_utils.sync_global_devices("simclr_jax.export.done")
 
 
 def read_export_meta(path: str) -> Dict[str, Any]:
@@ -238,45 +325,91 @@ def load_export(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   return variables, meta
 
 
-def open_for_resume(workdir: str, keep: int, target: Any,
-                    start_over: bool = False) -> Tuple[Checkpointer, int]:
-  """Opens the workdir's checkpoints and checks that the newest fits `target`.
+UNREADABLE_SUBDIR = "checkpoints.unreadable"
+
+
+def resume(workdir: str, keep: int, target: Any, start_over: bool = False
+           ) -> Tuple[Checkpointer, int, Any]:
+  """Opens the workdir's checkpoints and restores the newest usable one.
+
+  A checkpoint that cannot be read (missing or garbage metadata, a missing
+  item directory, a truncated data file) is named, moved to
+  `<workdir>/checkpoints.unreadable/` (never deleted) and the next older one
+  is tried. A readable checkpoint whose shapes differ from `target` belongs
+  to a different model: the run is refused, or with `start_over` the whole
+  checkpoint directory is moved aside and training starts at step 0.
 
   Args:
     workdir: the run directory.
     keep: number of most recent checkpoints kept.
-    target: pytree of arrays (or shape structs) of the configured model.
-    start_over: when the newest checkpoint does not fit `target`, move the
-      checkpoint directory aside (nothing is deleted) and start at step 0,
-      instead of refusing. Checkpoints that fit are always resumed, so a
-      requeued job never loses its progress.
+    target: pytree of arrays (with shardings) of the configured state.
+    start_over: move a different model's checkpoints aside instead of
+      refusing. Checkpoints that fit are always resumed, so a requeued job
+      never loses its progress.
 
   Returns:
-    (checkpointer, step to resume from; 0 for a fresh start).
+    (checkpointer, step resumed from (0 for a fresh start), state).
 
   Raises:
-    ValueError: the newest checkpoint does not fit and `start_over` is off;
-      the message lists the mismatched leaves.
+    ValueError: the newest readable checkpoint does not fit and
+      `start_over` is off; the message lists the mismatched leaves.
   """
   checkpointer = Checkpointer(workdir, keep)
-  step = checkpointer.latest_step()
-  if not step:
-    return checkpointer, 0
-  try:
-    check_shapes(checkpointer.item_shapes(step), target,
-                 f"checkpoint {checkpointer.directory}/{step}")
-  except ValueError as e:
-    if not start_over:
-      raise ValueError(
-          f"{e}\nThe workdir holds checkpoints of a different model. Use "
-          "another --workdir, or set config.train.start_over=True (now "
-          "False) to move them aside and start at step 0.") from None
-    checkpointer.close()
-    aside = f"{checkpointer.directory}.replaced-{int(time.time())}"
-    if jax.process_index() == 0:
-      epath.Path(checkpointer.directory).rename(aside)
-    multihost_utils.sync_global_devices("simclr_jax.start_over")
-    logging.warning("config.train.start_over: moved the checkpoints of a "
-                    "different model to %s; starting at step 0.", aside)
-    return Checkpointer(workdir, keep), 0
-  return checkpointer, step
+  while True:
+    step = checkpointer.latest_step()
+    if not step:
+      return checkpointer, 0, target
+    where = f"checkpoint {checkpointer.directory}/{step}"
+    try:
+      saved = checkpointer.item_shapes(step)
+      if not saved:
+        raise ValueError("it holds no arrays (item missing)")
+    except Exception as e:  # pylint: disable=broad-except
+      checkpointer = _set_aside(checkpointer, workdir, keep, step, e)
+      continue
+    try:
+      check_shapes(saved, target, where)
+    except ValueError as e:
+      if not start_over:
+        raise ValueError(
+            f"{e}\nThe workdir holds checkpoints of a different model. Use "
+            "another --workdir, or set config.train.start_over=True (now "
+            "False) to move them aside and start at step 0.") from None
+      return _start_over(checkpointer, workdir, keep), 0, target
+    try:
+      state = checkpointer.restore(step, target)
+    except Exception as e:  # pylint: disable=broad-except
+      checkpointer = _set_aside(checkpointer, workdir, keep, step, e)
+      continue
+    return checkpointer, step, state
+
+
+def _set_aside(checkpointer: Checkpointer, workdir: str, keep: int,
+               step: int, error: Exception) -> Checkpointer:
+  """Moves unreadable checkpoint `step` out of the way; a fresh Checkpointer."""
+  directory = checkpointer.directory
+  checkpointer.close()
+  aside = workdir_path(workdir) / UNREADABLE_SUBDIR / (
+      f"{step}-{int(time.time())}")
+  if jax.process_index() == 0:
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    epath.Path(directory, str(step)).rename(aside)
+  multihost_utils.sync_global_devices(f"simclr_jax.set_aside.{step}")
+  reason = " ".join(str(error).split())[:300]
+  logging.warning("checkpoint %s/%d is unreadable (%s: %s); moved it to %s "
+                  "and resuming from the newest older checkpoint.", directory,
+                  step, type(error).__name__, reason, aside)
+  return Checkpointer(workdir, keep)
+
+
+def _start_over(checkpointer: Checkpointer, workdir: str,
+                keep: int) -> Checkpointer:
+  """Moves a different model's checkpoint directory aside (deletes nothing)."""
+  checkpointer.close()
+  aside = f"{checkpointer.directory}.replaced-{int(time.time())}"
+  if jax.process_index() == 0:
+    epath.Path(checkpointer.directory).rename(aside)
+  multihost_utils.sync_global_devices("simclr_jax.start_over")
+  logging.warning("config.train.start_over: moved the checkpoints of a "
+                  "different model to %s; starting at step 0.", aside)
+  return Checkpointer(workdir, keep)

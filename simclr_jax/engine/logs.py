@@ -6,13 +6,16 @@ metrics stay visible. Warnings and errors from every library still show.
 """
 
 import contextlib
+import errno
 import io
 import logging
 import os
+import shutil
 import sys
 import tempfile
+import threading
 import warnings
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional
 
 # Source-path fragments of libraries whose INFO lines are dropped.
 _QUIET_SOURCES = ("/orbax/", "/etils/", "/tensorstore/", "/jax/_src/xla_bridge",
@@ -25,14 +28,44 @@ class _DropLibraryInfo(logging.Filter):
   """Drops records below WARNING that come from the listed libraries."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.WARNING:
-      return True
     path = record.pathname.replace("\\", "/")
-    return not any(s in path for s in _QUIET_SOURCES)
+    ours = not any(s in path for s in _QUIET_SOURCES)
+    if record.levelno >= logging.WARNING:
+      if not ours:
+        # A library's background thread repeating an error the main thread
+        # reports too: its message, without pages of traceback.
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+      return True
+    return ours
+
+
+def _is_closed_loop_noise(exc: BaseException) -> bool:
+  # tensorstore callbacks reaching orbax's asyncio loop after a failed save
+  # has closed it; the failure itself is reported by the main thread.
+  return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+
+
+def _quiet_hooks() -> None:
+  """Hooks that drop the closed-event-loop echoes of a failed async save."""
+  default_unraisable, default_thread = sys.unraisablehook, threading.excepthook
+  if getattr(default_unraisable, "simclr_jax", False):
+    return
+
+  def unraisable(args):
+    if not _is_closed_loop_noise(args.exc_value):
+      default_unraisable(args)
+
+  def thread_hook(args):
+    if not _is_closed_loop_noise(args.exc_value):
+      default_thread(args)
+
+  unraisable.simclr_jax = True
+  sys.unraisablehook, threading.excepthook = unraisable, thread_hook
 
 
 def quiet_libraries() -> None:
   """Installs the filter on the root and absl loggers' handlers (idempotent)."""
+  _quiet_hooks()
   # Deprecation notices of TensorFlow/TFDS/orbax are for their own developers.
   warnings.filterwarnings("ignore", category=DeprecationWarning)
   warnings.filterwarnings("ignore", category=FutureWarning)
@@ -92,26 +125,90 @@ def native_stderr_filtered() -> Iterator[None]:
         sys.stderr.flush()
 
 
+# Operator failures reported as one line: errno -> what the operator sees.
+_OS_ERRORS = {errno.ENOSPC: "no space left on the device",
+              errno.EDQUOT: "disk quota exceeded",
+              errno.EROFS: "read-only file system",
+              errno.EACCES: "permission denied",
+              errno.EPERM: "operation not permitted"}
+# The same failures as libraries word them when they wrap the OSError.
+_OS_ERROR_TEXTS = (("No space left on device", errno.ENOSPC),
+                   ("Disk quota exceeded", errno.EDQUOT),
+                   ("Read-only file system", errno.EROFS),
+                   ("Permission denied", errno.EACCES))
+
+
+def operator_error(exc: BaseException) -> Optional[str]:
+  """One line for a full disk, a read-only or forbidden path; else None.
+
+  Follows the exception's causes, since orbax and TensorFlow wrap the
+  original OSError in their own exceptions.
+  """
+  seen, e = set(), exc
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _OS_ERRORS:
+      where = f": {e.filename}" if e.filename else ""
+      return f"{_OS_ERRORS[e.errno]}{where}"
+    for text, code in _OS_ERROR_TEXTS:
+      if text in str(e):
+        return f"{_OS_ERRORS[code]} ({' '.join(str(e).split())[:200]})"
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _exit_now(status: int) -> None:
+  """Exits at once, skipping the teardown of background writer threads.
+
+  After a failed write their teardown only repeats the failure as pages of
+  tracebacks; what was committed is already on disk.
+  """
+  sys.stdout.flush()
+  sys.stderr.flush()
+  logging.shutdown()
+  if tempfile.tempdir and os.path.basename(tempfile.tempdir).startswith(
+      "simclr_jax-run-"):
+    shutil.rmtree(tempfile.tempdir, ignore_errors=True)
+  os._exit(status)  # pylint: disable=protected-access
+
+
 def run_app(main: Callable[[List[str]], Any]) -> None:
-  """Runs an absl `main` as a command: quiet libraries, one-line config errors.
+  """Runs an absl `main` as a command: quiet libraries, one-line errors.
 
   Every command (training and the tools) goes through here, so library
-  chatter is filtered the same way everywhere and a bad value ends the process
-  with status 2 and one line naming the field, before any compile.
+  chatter is filtered the same way everywhere; a bad value ends the process
+  with status 2 and one line naming the field, before any compile; a locked
+  workdir, a full disk or a read-only or forbidden path with status 1 and
+  one line. Each process gets its own temp folder (see
+  `engine.workdir.private_temp_dir`).
 
   Args:
     main: the absl main function, called with the remaining argv.
   """
   quiet_native_logs()
   from absl import app  # pylint: disable=g-import-not-at-top
-  from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from simclr_jax import config as config_lib
+  from simclr_jax.engine import workdir as workdir_lib
+  # pylint: enable=g-import-not-at-top
 
   def wrapped(argv):
     quiet_libraries()
+    workdir_lib.private_temp_dir()
     try:
       return main(argv)
     except config_lib.ConfigError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(USAGE_EXIT_CODE)
+    except workdir_lib.WorkdirLocked as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(1)
+    except Exception as e:  # pylint: disable=broad-except
+      cause = operator_error(e)
+      if cause is None:
+        raise
+      print(f"error: {cause}; checkpoints committed before it are intact",
+            file=sys.stderr, flush=True)
+      _exit_now(1)
 
   app.run(wrapped)

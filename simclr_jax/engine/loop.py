@@ -35,6 +35,7 @@ from simclr_jax.engine import preemption
 from simclr_jax.engine import progress
 from simclr_jax.engine import results as results_lib
 from simclr_jax.engine import state as state_lib
+from simclr_jax.engine import workdir as workdir_lib
 from simclr_jax.engine import writer as writer_lib
 from simclr_jax.evals import base as evals_base
 
@@ -120,24 +121,40 @@ def _run(mode: Mode, config: ml_collections.ConfigDict, workdir: str,
   config_lib.validate(config, jax.device_count(), jax.process_count())
   # Hosts started with different flags would hang in (or corrupt) collectives.
   distributed.check_config_agreement(config, {"workdir": workdir})
-  _check_data(config)
-  job = mode.build(config, mesh, workdir)
-  checkpointer, start = None, 0
-  if job.total_steps > 0:  # an evaluation-only job has nothing to checkpoint
-    checkpointer, start = ckpt_lib.open_for_resume(
-        workdir, config.train.keep_checkpoints, job.state,
-        config.train.start_over)
-  writer = None
-  try:
-    # Written only once the workdir's checkpoints are known to fit: exports
-    # and evaluations read the architecture back from it.
+  with workdir_lib.WorkdirLock(workdir):  # one run per workdir
+    _check_data(config)
+    job = mode.build(config, mesh, workdir)
+    checkpointer, start, state = None, 0, job.state
+    if job.total_steps > 0:  # an evaluation-only job has nothing to resume
+      checkpointer, start, state = ckpt_lib.resume(
+          workdir, config.train.keep_checkpoints, job.state,
+          config.train.start_over)
+    try:
+      return _resumed(mode, job, config, workdir, state, start, checkpointer,
+                      guard)
+    finally:
+      # Every exit path (a result, a signal, an error) commits started saves.
+      if checkpointer is not None:
+        checkpointer.close()
+
+
+def _resumed(mode: Mode, job: Job, config: ml_collections.ConfigDict,
+             workdir: str, state: Any, start: int,
+             checkpointer: Optional[ckpt_lib.Checkpointer],
+             guard: preemption.PreemptionGuard) -> Dict[str, Any]:
+  """Trains from `start`, evaluates and writes the results."""
+  stored = _stored_config(workdir)
+  if start:
+    workdir_lib.check_resume_config(workdir, config, stored)
+    logging.info("Resuming from checkpoint at step %d in %s", start,
+                 checkpointer.directory)
+  if not start or stored is None:
+    # The config the checkpoints are made with: exports and evaluations read
+    # the architecture back from it. Later starts go to the history only.
     results_lib.write_results(workdir, "config", config.to_dict())
-    state = job.state
-    if start:
-      logging.info("Resuming from checkpoint at step %d in %s", start,
-                   checkpointer.directory)
-      state = checkpointer.restore(start, state)
-    writer = writer_lib.Writer(workdir)
+  workdir_lib.record_start(workdir, config, start)
+  writer = writer_lib.Writer(workdir)
+  try:
     if start == 0:
       writer.write_hparams(writer_lib.flat_config(config))
     for ev in job.evaluators:
@@ -152,11 +169,15 @@ def _run(mode: Mode, config: ml_collections.ConfigDict, workdir: str,
     results_lib.write_results(workdir, f"{mode.name}_results", results)
     return results
   finally:
-    # Every exit path (a result, a signal, an error) commits started saves.
-    if checkpointer is not None:
-      checkpointer.close()
-    if writer is not None:
-      writer.close()
+    writer.close()
+
+
+def _stored_config(workdir: str) -> Optional[Dict[str, Any]]:
+  """`<workdir>/config.json` as a dict, or None."""
+  try:
+    return results_lib.read_workdir_config(workdir).to_dict()
+  except ValueError:
+    return None
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
@@ -165,6 +186,9 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
   info = data_lib.dataset_info(config.data)
   config_lib.validate_data(config, info.num_examples[config.data.train_split],
                            info.num_examples[config.data.eval_split])
+  # Image files of the eval split are read first after training: a corrupt
+  # one must fail (or be skipped and counted) before the first step instead.
+  data_lib.check_split_readable(config.data, config.data.eval_split)
 
 
 def _train(job: Job, config: ml_collections.ConfigDict, state: Any,

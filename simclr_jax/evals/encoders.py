@@ -166,10 +166,12 @@ def load_encoder(config: ml_collections.ConfigDict
   if init.export:
     _, variables, meta = load_export_model(init.export)
     model_cfg = meta["model"]
-    if meta["image_size"] != config.data.image_size:
-      from absl import logging  # pylint: disable=g-import-not-at-top
-      logging.warning("export %s was made at %d px, evaluating at %d px",
-                      init.export, meta["image_size"], config.data.image_size)
+    if int(meta["image_size"]) != config.data.image_size:
+      config_lib.fail("data.image_size", config.data.image_size,
+                      f"the export {init.export!r} was made at "
+                      f"{meta['image_size']} px with the "
+                      f"{model_cfg.get('stem')} stem; evaluate it at "
+                      f"--config.data.image_size={meta['image_size']}")
     source = {"kind": "export", "path": os.path.abspath(init.export),
               "step": meta.get("extra", {}).get("step")}
   elif init.checkpoint_dir:

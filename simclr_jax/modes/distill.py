@@ -152,6 +152,10 @@ class Distill(loop.Mode):
           "teacher", config, teacher, mesh, periodic=False,
           variables=teacher_vars))
 
+    # The export written at the end must not replace anything not ours.
+    ckpt_lib.check_export_target(os.path.join(workdir, "export"),
+                                 "<workdir>/export")
+
     def finish(state, results):
       del results  # unchanged
       ckpt_lib.save_export(

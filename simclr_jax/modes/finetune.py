@@ -110,6 +110,10 @@ class Finetune(loop.Mode):
     state = state_lib.new_state(mesh, variables["params"],
                                 variables["batch_stats"], tx)
 
+    # The export written at the end must not replace anything not ours.
+    ckpt_lib.check_export_target(os.path.join(workdir, "export"),
+                                 "<workdir>/export")
+
     def finish(state, results):
       results["finetune"].update(steps=int(sched.total_steps),
                                  num_train=int(len(indices)),

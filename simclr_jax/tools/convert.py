@@ -16,6 +16,7 @@ optimizer, its slots, the step counters and the object graph are skipped.
 
 import collections
 import functools
+import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from absl import app
@@ -194,6 +195,7 @@ def main(argv) -> None:
   names = ("depth", "width", "sk_ratio", "stem", "num_classes",
            "sup_head_from", "dtype")
   overrides = {k: fv[k].value for k in names if fv[k].value is not None}
+  checkpoint.check_export_target(os.path.abspath(fv.out))  # before any work
   variables, model_cfg, num_classes = convert_tf2_checkpoint(
       fv.tf2_checkpoint, overrides)
   image_size = fv.image_size or OFFICIAL_IMAGE_SIZE[model_cfg["stem"]]

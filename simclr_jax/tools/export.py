@@ -32,6 +32,7 @@ def export_workdir(workdir: str, out: str, step: int = 0) -> Dict[str, Any]:
   Returns:
     The export's meta data.
   """
+  ckpt_lib.check_export_target(os.path.abspath(out))  # before any work
   variables, model_cfg, num_classes, step = encoders.load_checkpoint(workdir,
                                                                      step)
   pre = results_lib.read_workdir_config(workdir)

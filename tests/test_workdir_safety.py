@@ -1,0 +1,361 @@
+"""Nothing already written is lost: exports, the workdir lock, corrupt
+checkpoints, failures after the last step, config changes on resume, operator
+errors and temporary files.
+"""
+
+import errno
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import test_preemption_cli as cli
+from configs import digits
+from simclr_jax import config as config_lib
+from simclr_jax.engine import checkpoint as ckpt_lib
+from simclr_jax.engine import logs
+from simclr_jax.engine import workdir as workdir_lib
+from simclr_jax.engine import writer as writer_lib
+from simclr_jax.evals import knn
+from simclr_jax.modes import pretrain
+from simclr_jax.tools import export
+
+STEPS = 6
+
+
+def _config(steps=STEPS):
+  config = digits.get_config("tiny")
+  config.train.steps = steps
+  config.train.checkpoint_every_steps = 2
+  config.train.log_every_steps = 1
+  return config
+
+
+def _tree(directory):
+  """{relative path: bytes} of every file below `directory`."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = f.read()
+  return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """A finished 6-step pretraining run with checkpoints 2, 4 and 6."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  results = pretrain.run(_config(), workdir)
+  return workdir, results
+
+
+# ------------------------------------------------------------- exports ---
+
+
+def test_export_never_replaces_a_workdir_or_a_users_folder(reference,
+                                                           tmp_path):
+  workdir, _ = reference
+  before = _tree(workdir)
+  with pytest.raises(config_lib.ConfigError, match="not an export made by"):
+    export.export_workdir(workdir, workdir)
+  assert _tree(workdir) == before
+  user = tmp_path / "mine"
+  user.mkdir()
+  (user / "notes.txt").write_text("my notes")
+  with pytest.raises(config_lib.ConfigError, match="notes.txt"):
+    export.export_workdir(workdir, str(user))
+  assert _tree(user) == {"notes.txt": b"my notes"}
+
+
+def test_an_existing_export_is_replaced_and_siblings_are_kept(reference,
+                                                              tmp_path):
+  workdir, _ = reference
+  out = str(tmp_path / "export")
+  for sibling in (".old", ".tmp"):  # a user's folders named like old temps
+    os.makedirs(out + sibling)
+    with open(os.path.join(out + sibling, "keep.txt"), "w") as f:
+      f.write("mine")
+  assert export.export_workdir(workdir, out, step=2)["extra"]["step"] == 2
+  assert export.export_workdir(workdir, out, step=6)["extra"]["step"] == 6
+  assert ckpt_lib.read_export_meta(out)["extra"]["step"] == 6
+  assert sorted(os.listdir(out)) == ["meta.json", "variables"]
+  for sibling in (".old", ".tmp"):
+    assert _tree(out + sibling) == {"keep.txt": b"mine"}
+  # No work folder of ours is left beside it.
+  assert sorted(os.listdir(tmp_path)) == ["export", "export.old",
+                                          "export.tmp"]
+
+
+def test_convert_refuses_a_workdir_as_out(reference):
+  workdir, _ = reference
+  before = _tree(workdir)
+  fixture = os.path.join(cli.REPO, "..", "shared", "fixtures",
+                         "official_simclr_tf2", "r18_1x_sk0", "ckpt")
+  proc = subprocess.run(
+      [sys.executable, "-m", "simclr_jax.convert",
+       f"--tf2_checkpoint={fixture}", f"--out={workdir}"],
+      cwd=cli.REPO, env=cli._env(), capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert f"error: --out='{workdir}' is invalid" in proc.stderr
+  assert _tree(workdir) == before
+
+
+# ---------------------------------------------------------------- lock ---
+
+
+def test_second_run_on_a_workdir_is_refused_and_a_killed_holder_frees_it(
+    tmp_path):
+  workdir = str(tmp_path / "run")
+  args = ["-m", "simclr_jax.main", "--config=configs/digits.py:tiny",
+          f"--workdir={workdir}", "--config.train.steps=40",
+          "--config.train.log_every_steps=1"]
+  procs = []
+  try:
+    log1 = str(tmp_path / "first.log")
+    procs.append(cli._spawn(args, log1))
+    cli._wait_for(procs[0], log1, "Initial compilation",
+                  time.time() + cli.DEADLINE_S)
+    t0 = time.time()
+    second = subprocess.run([sys.executable, *args], cwd=cli.REPO,
+                            env=cli._env(), capture_output=True, text=True,
+                            timeout=120)
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert "is in use by process" in second.stderr
+    assert f"process {procs[0].pid} " in second.stderr
+    assert time.time() - t0 < 60
+    assert procs[0].wait(timeout=cli.DEADLINE_S) == 0  # the first finishes
+    # A holder killed with -9 leaves no lock behind.
+    args[-2] = "--config.train.steps=2"
+    other = str(tmp_path / "other")
+    args[3] = f"--workdir={other}"
+    log3 = str(tmp_path / "killed.log")
+    procs.append(cli._spawn(args, log3))
+    cli._wait_for(procs[-1], log3, "Initial compilation",
+                  time.time() + cli.DEADLINE_S)
+    procs[-1].kill()
+    procs[-1].wait(timeout=60)
+    rerun = subprocess.run([sys.executable, *args], cwd=cli.REPO,
+                           env=cli._env(), capture_output=True, text=True,
+                           timeout=cli.DEADLINE_S)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+# ----------------------------------------------------------- corruption ---
+
+
+def _remove_manifest(step_dir):
+  os.remove(os.path.join(step_dir, "default", "manifest.ocdbt"))
+
+
+def _garbage_metadata(step_dir):
+  with open(os.path.join(step_dir, "default", "_METADATA"), "w") as f:
+    f.write("{ not json")
+
+
+def _truncate_data(step_dir):
+  for path in glob.glob(os.path.join(step_dir, "default", "ocdbt.process_0",
+                                     "d", "*")):
+    with open(path, "r+b") as f:
+      f.truncate(10)
+
+
+def _remove_item(step_dir):
+  shutil.rmtree(os.path.join(step_dir, "default"))
+
+
+@pytest.mark.parametrize("corrupt", [_remove_manifest, _garbage_metadata,
+                                     _truncate_data, _remove_item])
+def test_a_corrupt_newest_checkpoint_is_set_aside_and_an_older_resumed(
+    reference, tmp_path, corrupt):
+  ref_dir, ref_results = reference
+  workdir = str(tmp_path / "run")
+  shutil.copytree(ref_dir, workdir)
+  os.remove(os.path.join(workdir, workdir_lib.LOCK_FILE))
+  corrupt(os.path.join(workdir, ckpt_lib.CHECKPOINT_SUBDIR, str(STEPS)))
+  results = pretrain.run(_config(), workdir)
+  # Resumed from step 4 (not 0) and retrained steps 5-6 to the same result.
+  assert results["knn"]["top1"] == pytest.approx(ref_results["knn"]["top1"],
+                                                 abs=1.5 / 360)
+  aside = os.listdir(os.path.join(workdir, ckpt_lib.UNREADABLE_SUBDIR))
+  assert len(aside) == 1 and aside[0].startswith(f"{STEPS}-")
+  steps = ckpt_lib.Checkpointer(workdir, 10).all_steps()
+  assert steps == [2, 4, 6]
+  history = sorted(os.listdir(os.path.join(workdir, workdir_lib.HISTORY_DIR)))
+  assert history[-1].startswith("start_step4_")
+
+
+# ------------------------------------------------- after the last step ---
+
+
+class _Recorder:
+  """Keeps every scalar written (stands in for the event writer)."""
+
+  def __init__(self, _=None):
+    self.scalars = {}
+
+  def write_scalars(self, step, scalars):
+    self.scalars.setdefault(int(step), {}).update(scalars)
+
+  def write_hparams(self, hparams):
+    del hparams
+
+  def write_images(self, step, images):
+    del step, images
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def test_a_failure_in_the_final_evaluation_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  config = _config(steps=3)
+  config.train.checkpoint_every_steps = 1000  # only the last step's save
+
+  def planted(*args, **kwargs):
+    raise RuntimeError("planted failure in the final evaluation")
+
+  with monkeypatch.context() as mp:
+    mp.setattr(knn.KnnEval, "run", planted)
+    with pytest.raises(RuntimeError, match="planted"):
+      pretrain.run(config, workdir)
+  # The final save was committed and is readable.
+  ckpt = ckpt_lib.Checkpointer(workdir, 10)
+  assert ckpt.all_steps() == [3]
+  assert ckpt.item_shapes(3)
+  ckpt.close()
+  recorder = _Recorder()
+  monkeypatch.setattr(writer_lib, "Writer", lambda _: recorder)
+  results = pretrain.run(config, workdir)
+  assert results["knn"]["num_examples"] == 360
+  # No training step ran again: the only scalars are the evaluations'.
+  assert all(k.startswith("eval/") for s in recorder.scalars.values()
+             for k in s), recorder.scalars
+
+
+# ------------------------------------------------------ before training ---
+
+
+def _folder_with_corrupt_eval_image(root):
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 24), ("test", 6)):
+    for name in ("ant", "bee"):
+      folder = os.path.join(root, split, name)
+      os.makedirs(folder)
+      for k in range(count):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+                        ).save(os.path.join(folder, f"{k}.png"))
+  bad = os.path.join(root, "test", "bee", "broken.png")
+  with open(bad, "wb") as f:
+    f.write(b"not an image" * 8)
+  return bad
+
+
+def test_a_corrupt_eval_image_fails_before_the_first_step(tmp_path):
+  bad = _folder_with_corrupt_eval_image(str(tmp_path / "images"))
+  config = _config(steps=2)
+  config.data.source = "folder"
+  config.data.data_dir = str(tmp_path / "images")
+  config.eval.knn_k = 5
+  config.eval.batch_size = 8
+  config.train.global_batch = 16
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ValueError, match="cannot be decoded") as err:
+    pretrain.run(config, workdir)
+  assert bad in str(err.value)
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+  config.data.skip_corrupt = True  # skipped and counted instead
+  results = pretrain.run(config, workdir)
+  assert results["knn"]["num_examples"] == 12
+
+
+@pytest.mark.parametrize("field,value", [
+    ("optim.base_lr", float("nan")), ("loss.temperature", float("inf")),
+    ("optim.weight_decay", float("-inf")), ("eval.batch_size", 0)])
+def test_non_finite_numbers_and_empty_eval_batches_fail_validation(field,
+                                                                   value):
+  config = _config()
+  section, key = field.split(".")
+  config[section][key] = value
+  with pytest.raises(config_lib.ConfigError, match=f"config.{field}="):
+    config_lib.validate(config)
+
+
+# --------------------------------------------------- resume with changes ---
+
+
+def test_a_changed_config_on_resume_is_stopped_unless_allowed(reference,
+                                                              tmp_path):
+  ref_dir, _ = reference
+  workdir = str(tmp_path / "run")
+  shutil.copytree(ref_dir, workdir)
+  config = _config(steps=STEPS + 2)
+  config.optim.base_lr = 2.0
+  with pytest.raises(config_lib.ConfigError) as err:
+    pretrain.run(config, workdir)
+  message = str(err.value)
+  assert "optim.base_lr: 1.0 -> 2.0" in message
+  assert "train.steps: 6 -> 8" in message
+  assert "allow_config_change" in message
+  assert ckpt_lib.Checkpointer(workdir, 10).all_steps() == [2, 4, 6]
+  config.train.allow_config_change = True
+  pretrain.run(config, workdir)
+  assert ckpt_lib.Checkpointer(workdir, 10).latest_step() == STEPS + 2
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["optim"]["base_lr"] == 1.0  # how step 2-6 were made
+  history = sorted(os.listdir(os.path.join(workdir, workdir_lib.HISTORY_DIR)))
+  assert [h.split("_")[1] for h in history] == ["step0", f"step{STEPS}"]
+
+
+# ---------------------------------------------------------- the operator ---
+
+
+def test_operator_errors_are_one_line():
+  full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/ckpt")
+  wrapped = ValueError("RESOURCE_EXHAUSTED: Error writing ...")
+  wrapped.__cause__ = full
+  assert logs.operator_error(wrapped) == (
+      "no space left on the device: /runs/x/ckpt")
+  text = ValueError("Failed to write 264484 bytes to file 6: No space left "
+                    "on device [os_error_code='28']")
+  assert logs.operator_error(text).startswith("no space left on the device (")
+  assert logs.operator_error(PermissionError(
+      errno.EACCES, "Permission denied", "/runs/y")) == (
+          "permission denied: /runs/y")
+  assert logs.operator_error(OSError(errno.EROFS, "x", "/ro")) == (
+      "read-only file system: /ro")
+  assert logs.operator_error(RuntimeError("something else")) is None
+
+
+def test_dead_runs_temp_folders_are_removed_at_the_next_start(tmp_path,
+                                                              monkeypatch):
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  stale = tmp_path / f"{workdir_lib.TEMP_PREFIX}{dead.pid}"
+  stale.mkdir()
+  (stale / "__autograph_generated_file1.py").write_text("x = 1")
+  live = tmp_path / f"{workdir_lib.TEMP_PREFIX}1"  # init: always alive
+  live.mkdir()
+  path = workdir_lib.private_temp_dir()
+  assert not stale.exists() and live.exists()
+  assert path == str(tmp_path / f"{workdir_lib.TEMP_PREFIX}{os.getpid()}")
+  assert tempfile.gettempdir() == path
