@@ -258,7 +258,9 @@ def test_cli_sigterm_exits_75_and_kill9_resumes(sources, tmp_path, mode):
     cli._wait_for(procs[-1], log2,
                   f"Resuming from checkpoint at step {stopped}",
                   time.time() + cli.DEADLINE_S)
-    cli._wait_for(procs[-1], log2, f"Saving checkpoint at step {stopped + 2}",
+    # A save starts only once the previous one is committed: when step
+    # stopped + 3 begins saving, step stopped + 1 is on disk for sure.
+    cli._wait_for(procs[-1], log2, f"Saving checkpoint at step {stopped + 3}",
                   time.time() + cli.DEADLINE_S)
     procs[-1].send_signal(signal.SIGKILL)
     procs[-1].wait(timeout=60)

@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import eval_helpers
 from configs import digits
 from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax import config as config_lib
@@ -23,29 +24,6 @@ from simclr_jax.engine import writer as writer_lib
 from simclr_jax.modes import pretrain
 
 STEPS = 20
-
-
-class _Recorder:
-  """A metric writer that keeps every scalar (stands in for clu's)."""
-
-  def __init__(self):
-    self.scalars = {}
-
-  def write_scalars(self, step, scalars):
-    # Several writes per step (training metrics, then evaluations) merge.
-    self.scalars.setdefault(int(step), {}).update(scalars)
-
-  def write_hparams(self, hparams):
-    del hparams
-
-  def write_images(self, step, images):
-    del step, images
-
-  def flush(self):
-    pass
-
-  def close(self):
-    pass
 
 
 class _SignalAt(preemption.PreemptionGuard):
@@ -73,7 +51,7 @@ def _config(steps=STEPS, **train):
 
 
 def _run(config, workdir, monkeypatch, guard=None):
-  recorder = _Recorder()
+  recorder = eval_helpers.Recorder()
   monkeypatch.setattr(writer_lib, "Writer", lambda _: recorder)
   pretrain.run(config, str(workdir), guard=guard)
   return recorder.scalars
@@ -120,7 +98,7 @@ def test_sigterm_then_resume_equals_uninterrupted(reference, tmp_path,
   ref_dir, ref = reference
   assert sorted(ref) == list(range(1, STEPS + 1))
   workdir = tmp_path / "split"
-  recorder = _Recorder()
+  recorder = eval_helpers.Recorder()
   monkeypatch.setattr(writer_lib, "Writer", lambda _: recorder)
   with pytest.raises(preemption.Preempted) as stopped:
     pretrain.run(_config(), str(workdir), guard=_SignalAt(10))
@@ -163,7 +141,7 @@ def test_nan_names_the_step_and_keeps_earlier_checkpoints(
   before = _digest(ckpt_dir)
   config = _config(steps=STEPS + 6, checkpoint_every_steps=1)
   config.optim.base_lr = 1e30  # planted divergence
-  recorder = _Recorder()
+  recorder = eval_helpers.Recorder()
   monkeypatch.setattr(writer_lib, "Writer", lambda _: recorder)
   with pytest.raises(preemption.NonFiniteError) as err:
     pretrain.run(config, str(tmp_path))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import eval_helpers
 import test_preemption_cli as cli
 from configs import digits
 from simclr_jax import config as config_lib
@@ -202,28 +203,6 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_an_older_resumed(
 # ------------------------------------------------- after the last step ---
 
 
-class _Recorder:
-  """Keeps every scalar written (stands in for the event writer)."""
-
-  def __init__(self, _=None):
-    self.scalars = {}
-
-  def write_scalars(self, step, scalars):
-    self.scalars.setdefault(int(step), {}).update(scalars)
-
-  def write_hparams(self, hparams):
-    del hparams
-
-  def write_images(self, step, images):
-    del step, images
-
-  def flush(self):
-    pass
-
-  def close(self):
-    pass
-
-
 def test_a_failure_in_the_final_evaluation_keeps_the_last_checkpoint(
     tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
@@ -242,7 +221,7 @@ def test_a_failure_in_the_final_evaluation_keeps_the_last_checkpoint(
   assert ckpt.all_steps() == [3]
   assert ckpt.item_shapes(3)
   ckpt.close()
-  recorder = _Recorder()
+  recorder = eval_helpers.Recorder()
   monkeypatch.setattr(writer_lib, "Writer", lambda _: recorder)
   results = pretrain.run(config, workdir)
   assert results["knn"]["num_examples"] == 360

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from simclr_jax import config as config_lib
 from simclr_jax.data import augment
 from simclr_jax.data import fast
 from simclr_jax.data import sources
@@ -226,8 +227,8 @@ def _train_iterator(data_cfg, aug_cfg, global_batch, seed, start_step,
   if start_step < 0:
     raise ValueError(f"start_step = {start_step} is invalid: must be >= 0.")
   if data_cfg.shuffle_buffer <= 0:
-    raise ValueError(f"data.shuffle_buffer = {data_cfg.shuffle_buffer} is "
-                     "invalid: must be positive.")
+    config_lib.fail("data.shuffle_buffer", data_cfg.shuffle_buffer,
+                    "must be positive")
   if indices is not None:
     num = sum(sources.shard_sizes(data_cfg, data_cfg.train_split, pc))
     indices = _check_indices(indices, num)

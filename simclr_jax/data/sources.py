@@ -351,9 +351,8 @@ def tfds_records(data_cfg: Any, builder: tfds.core.DatasetBuilder, split: Any,
         split=split, shuffle_files=not ordered, read_config=read_config,
         decoders={data_cfg.image_key: tfds.decode.SkipDecoding()})
   except AssertionError as e:  # TFDS's "could not find data" error.
-    raise ValueError(f"data.name = {data_cfg.name!r}: the dataset is not "
-                     f"prepared in data.data_dir = {data_cfg.data_dir!r} "
-                     f"({e})") from e
+    config_lib.fail("data.name", data_cfg.name, "the dataset is not prepared "
+                    f"in data.data_dir={data_cfg.data_dir!r} ({e})")
   image_key, label_key = data_cfg.image_key, data_cfg.label_key
   return ds.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32)))
 

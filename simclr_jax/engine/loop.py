@@ -20,6 +20,7 @@ end). This loop then gives every mode the same behaviour:
 """
 
 import dataclasses
+import sys
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -217,6 +218,7 @@ def _train(job: Job, config: ml_collections.ConfigDict, state: Any,
     else:
       state, metrics = job.step_fn(state, *job.step_args, batch)
     pending.append((step, metrics))
+    clock.tick()
     log_now = config_lib.is_time(step, tc.log_every_steps, total)
     if log_now:
       pending = jax.device_get(pending)  # the one host sync per log period
@@ -234,6 +236,7 @@ def _train(job: Job, config: ml_collections.ConfigDict, state: Any,
       _preempted(checkpointer, writer, step, stop)
     if step < total and config_lib.is_time(step, tc.eval_every_steps, total):
       _evaluate(job, state, step, writer, periodic_only=True)
+  clock.close()
   return state
 
 
@@ -295,15 +298,34 @@ def _check_finite(pending: List[Tuple[int, Dict[str, Any]]], state: Any,
 
 
 class _Clock:
-  """Steps/s, images/s and ETA between log periods."""
+  """Steps/s, images/s and ETA: a log line per log period, and on a terminal
+  also a bar redrawn every step (in images, so its rate reads images/s)."""
 
   def __init__(self, start: int, total: int, images_per_step: int):
     self._total, self._images = total, images_per_step
     self._step, self._time = start, time.time()
+    self._bar = None
 
   def restart(self, step: int) -> None:
     """Measures from now on (after the compile)."""
     self._step, self._time = step, time.time()
+    interactive = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    self._bar = progress.Progress(
+        # From the compiled first step on, which is counted right after.
+        (self._total - step + 1) * self._images,
+        desc=f"steps {step}-{self._total}",
+        unit="images", interactive=True,
+        enabled=interactive and jax.process_index() == 0)
+
+  def tick(self) -> None:
+    """One step done (redraws the bar when due)."""
+    if self._bar is not None:
+      self._bar.update(self._images)
+
+  def close(self) -> None:
+    """Draws the bar's last state."""
+    if self._bar is not None:
+      self._bar.close()
 
   def rates(self, step: int) -> Dict[str, float]:
     """Rates since the last call, and a progress line in the log."""

@@ -32,8 +32,8 @@ GAP_VALUE = 255  # white separators
 def _pick_rows(labels: np.ndarray, k: int) -> np.ndarray:
   """First example of each class in order, then the next ones, up to k rows."""
   if k > len(labels):
-    raise ValueError(f"config.viz.preview_images={k} is invalid: the "
-                     f"training split has only {len(labels)} examples")
+    config_lib.fail("viz.preview_images", k, "the training split has only "
+                    f"{len(labels)} examples")
   _, first = np.unique(labels, return_index=True)
   first = first[:k]  # ordered by class
   rest = np.setdiff1d(np.arange(len(labels)), first)[:k - len(first)]
@@ -81,8 +81,8 @@ def source_images(data_cfg: Any, k: int) -> Tuple[list, np.ndarray]:
     images.append(_to_float(sources.decode_image(encoded)))
     labels.append(int(label))
   if len(images) < k:
-    raise ValueError(f"viz.preview_images = {k} is invalid: the training "
-                     f"split has only {len(images)} examples.")
+    config_lib.fail("viz.preview_images", k, "the training split has only "
+                    f"{len(images)} examples")
   return images, np.asarray(labels)
 
 
