@@ -19,6 +19,7 @@ end). This loop then gives every mode the same behaviour:
 * every exit path waits for the checkpoints already started.
 """
 
+import abc
 import dataclasses
 import sys
 import time
@@ -74,15 +75,15 @@ class Job:
   description: str = ""
 
 
-class Mode:
+class Mode(abc.ABC):
   """A mode of `main`: a name and how to build its job."""
 
   name: str = ""
 
+  @abc.abstractmethod
   def build(self, config: ml_collections.ConfigDict, mesh,
             workdir: str) -> Job:
     """Builds the job; must fail on bad values before compiling anything."""
-    raise NotImplementedError  # every mode overrides it
 
   def run(self, config: ml_collections.ConfigDict, workdir: str,
           guard: Optional[preemption.PreemptionGuard] = None
