@@ -16,11 +16,13 @@ from typing import Any, Dict, Optional, Tuple
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from simclr_jax import config as config_lib
+# The data package first: it imports TensorFlow with its start-up lines
+# filtered and hides the accelerators from it.
 from simclr_jax.data import augment
 from simclr_jax.data import sources
+import tensorflow as tf  # pylint: disable=g-bad-import-order
 
 # Layout of the grid, in pixels: gaps between tiles, and a wider gap that
 # separates the original column from the views.

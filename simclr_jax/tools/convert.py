@@ -142,7 +142,8 @@ def convert_tf2_checkpoint(path: str,
     ValueError: on a variable that maps to no leaf, a leaf without a variable,
       or a shape mismatch (each named).
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with logs.native_stderr_filtered():  # TensorFlow's start-up lines
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
   reader = tf.train.load_checkpoint(path)
   keys, shapes, skipped = {}, {}, []
   for key, shape in reader.get_variable_to_shape_map().items():
