@@ -29,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.base_lr = 1.0
   config.optim.lr_scaling = "linear"
   config.optim.weight_decay = 1e-6
+  # The official objective: the TF2 loss scale (2x the paper's L) and the
+  # probe head's weight decay (docs/official_deviations.md).
+  config.loss.official_scale = True
+  config.optim.decay_sup_head = True
   config.optim.warmup_epochs = 10
   config.train.global_batch = 1024
   config.train.epochs = 1000

@@ -19,5 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.name = "supcon"
   config.loss.supcon_variant = "out"  # L_out (mean over positives outside the log)
   config.loss.temperature = 0.1  # SupCon paper, CIFAR
+  # The SupContrast reference objective: its loss x T / 0.07, not SimCLR's 2x.
+  config.loss.base_temperature = 0.07
+  config.loss.official_scale = False
   config.aug.num_views = 2
   return config

@@ -33,6 +33,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.aug = aug = ml_collections.ConfigDict()
   aug.num_views = 2  # augmented views per image (2 = SimCLR)
+  # Each op on/off on its own (SimCLR Figure 5); off = skipped whatever its probability.
+  aug.crop = True  # random-resized crop (off: the whole image resized)
+  aug.flip = True  # horizontal flip with flip_prob
+  aug.color_jitter = True  # colour jitter with color_prob
+  aug.grayscale = True  # grayscale with grayscale_prob
   aug.crop_area_min = 0.08  # random-resized-crop area range (fraction)
   aug.crop_area_max = 1.0
   aug.aspect_min = 3 / 4  # random-resized-crop aspect-ratio range
@@ -59,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.auto_stem_max_size = 64  # largest image side that gets the CIFAR stem
   model.bn_momentum = 0.9  # BatchNorm moving-average decay
   model.bn_epsilon = 1e-5  # BatchNorm epsilon
+  model.proj_head = "nonlinear"  # nonlinear (head_layers layers) | linear (one Dense+BN) | none (z = h)
   model.head_layers = 2  # projection-head layers (2 = v1, 3 = v2)
   model.head_hidden_dim = 0  # hidden width of the head (0 = width of h)
   model.proj_dim = 128  # output dimension of z
@@ -70,12 +76,15 @@ def get_config() -> ml_collections.ConfigDict:
   loss.temperature = 0.5  # softmax temperature tau
   loss.supcon_variant = "out"  # supcon: out (L_out) | in (L_in)
   loss.margin = 0.5  # margin_triplet: margin m
+  loss.official_scale = False  # x V views: the official TF2 mean(loss_a + loss_b) = 2x the paper's L
+  loss.base_temperature = 0.0  # supcon: x temperature / base_temperature (SupContrast: 0.07); 0 = off
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.name = "lars"  # lars | sgd | adamw
   optim.base_lr = 1.0  # base learning rate before batch scaling
   optim.lr_scaling = "linear"  # linear (x B/256) | sqrt (x sqrt(B)) | none
   optim.weight_decay = 1e-6  # on kernels only (not BN, biases, probe head)
+  optim.decay_sup_head = False  # also decay the probe/supervised head kernel (official; no LARS scaling)
   optim.momentum = 0.9  # LARS / SGD momentum
   optim.trust_coefficient = 0.001  # LARS eta
   optim.nesterov = True  # SGD: Nesterov momentum

@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.base_lr = 0.075
   config.optim.lr_scaling = "sqrt"
   config.optim.weight_decay = 1e-6
+  # The official objective: the TF2 loss scale (2x the paper's L) and the
+  # probe head's weight decay (docs/official_deviations.md).
+  config.loss.official_scale = True
+  config.optim.decay_sup_head = True
   config.optim.warmup_epochs = 10
   config.train.global_batch = 4096
   config.train.epochs = 100

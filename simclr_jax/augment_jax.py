@@ -58,11 +58,13 @@ def sample_params(key: jax.Array, num: int, aug_cfg: Any) -> Params:
   # argsort of uniforms: a uniformly random permutation, as in the reference.
   order = jnp.argsort(jax.random.uniform(keys[4], (num, NUM_COLOR_OPS)), -1)
   coin = lambda k, p: jax.random.uniform(k, (num,)) < p
+  # op_prob is 0 for an op switched off (aug.flip, ...), as on the host.
+  prob = lambda op: photometric.op_prob(aug_cfg, op)
   return {
-      "flip": coin(keys[5], aug_cfg.flip_prob),
-      "color": coin(keys[6], aug_cfg.color_prob),
-      "gray": coin(keys[7], aug_cfg.grayscale_prob),
-      "blur": coin(keys[8], aug_cfg.blur_prob) & bool(aug_cfg.blur),
+      "flip": coin(keys[5], prob("flip")),
+      "color": coin(keys[6], prob("color_jitter")),
+      "gray": coin(keys[7], prob("grayscale")),
+      "blur": coin(keys[8], prob("blur")) & bool(aug_cfg.blur),
       "factors": factors,
       "order": order.astype(jnp.int32),
       "sigma": u(keys[9], aug_cfg.blur_sigma_min, aug_cfg.blur_sigma_max),

@@ -19,6 +19,10 @@ DEPTHS = (18, 34, 50, 101, 152, 200)
 STEMS = ("cifar", "imagenet", "auto")
 DTYPES = ("float32", "bfloat16")
 PROTOCOLS = ("linear", "fast_probe", "knn")  # evaluations of the linear_eval mode
+# model.proj_head: the official `proj_head_mode` values.
+PROJ_HEADS = ("nonlinear", "linear", "none")
+# aug on/off switches, one per op (SimCLR Figure 5).
+AUG_SWITCHES = ("crop", "flip", "color_jitter", "grayscale", "blur")
 # Total downsampling of the encoder; the last stage must keep >= 1 pixel.
 _STEM_DOWNSAMPLE = {"cifar": 8, "imagenet": 32}
 
@@ -57,6 +61,15 @@ def resolve_stem(config: ml_collections.ConfigDict) -> str:
   return "cifar" if small else "imagenet"
 
 
+def head_depth(proj_head: str, head_layers: int) -> int:
+  """Layers of the projection head actually built: z is the last one's output.
+
+  'nonlinear' builds `head_layers`; 'linear' one bias-free Dense + BatchNorm
+  (the official 'linear' mode); 'none' no layer (z = h).
+  """
+  return {"nonlinear": head_layers, "linear": 1, "none": 0}[proj_head]
+
+
 def validate(config: ml_collections.ConfigDict,
              num_devices: Optional[int] = None,
              num_processes: int = 1) -> None:
@@ -82,15 +95,20 @@ def validate(config: ml_collections.ConfigDict,
   _check_in(config, "model.dtype", DTYPES)
   if not isinstance(config.model.width, int) or config.model.width < 1:
     _fail("model.width", config.model.width, "a positive integer is required")
+  _check_in(config, "model.proj_head", PROJ_HEADS)
   if config.model.head_layers < 1:
     _fail("model.head_layers", config.model.head_layers, "must be >= 1")
-  if not 0 <= config.model.sup_head_from <= config.model.head_layers:
+  depth = head_depth(config.model.proj_head, config.model.head_layers)
+  if not 0 <= config.model.sup_head_from <= depth:
     _fail("model.sup_head_from", config.model.sup_head_from,
-          f"must be in [0, model.head_layers={config.model.head_layers}]")
-  _check_in(config, "loss.name", losses.LOSSES)
-  if config.loss.temperature <= 0:
-    _fail("loss.temperature", config.loss.temperature, "must be > 0")
-  _check_in(config, "loss.supcon_variant", ("out", "in"))
+          f"must be in [0, {depth}], the layers of the "
+          f"{config.model.proj_head!r} projection head")
+  for field in AUG_SWITCHES:
+    if not isinstance(config.aug[field], bool):
+      _fail(f"aug.{field}", config.aug[field], "True or False")
+  if not isinstance(config.optim.decay_sup_head, bool):
+    _fail("optim.decay_sup_head", config.optim.decay_sup_head, "True or False")
+  _validate_loss(config.loss)
   _check_in(config, "optim.name", optim.OPTIMIZERS)
   _check_in(config, "optim.lr_scaling", optim.LR_SCALINGS)
   if config.optim.base_lr <= 0:
@@ -124,6 +142,26 @@ def validate(config: ml_collections.ConfigDict,
     if config.eval.batch_size % num_devices:
       _fail("eval.batch_size", config.eval.batch_size,
             f"must be divisible by the number of devices ({num_devices})")
+
+
+def _validate_loss(loss: ml_collections.ConfigDict) -> None:
+  """The loss section (see `losses.for_config`)."""
+  if loss.name not in losses.LOSSES:
+    _fail("loss.name", loss.name, f"allowed values are {losses.LOSSES}")
+  if loss.temperature <= 0:
+    _fail("loss.temperature", loss.temperature, "must be > 0")
+  if loss.supcon_variant not in losses.SUPCON_VARIANTS:
+    _fail("loss.supcon_variant", loss.supcon_variant,
+          f"allowed values are {losses.SUPCON_VARIANTS}")
+  if not isinstance(loss.official_scale, bool):
+    _fail("loss.official_scale", loss.official_scale, "True or False")
+  base = loss.base_temperature
+  if isinstance(base, bool) or not isinstance(base, (int, float)) or base < 0:
+    _fail("loss.base_temperature", base,
+          "a number >= 0 is required (0 = no tau / base factor)")
+  if base and loss.name != "supcon":
+    _fail("loss.base_temperature", base,
+          f"only loss.name='supcon' uses it, not {loss.name!r}: set it to 0")
 
 
 def _check_finite_numbers(config: ml_collections.ConfigDict,

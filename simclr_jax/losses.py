@@ -14,6 +14,9 @@ Rows are flattened image-major (row = image * V + view). The loss of a device
 is a mean over its local anchors, normalised so that `pmean` over devices
 equals the loss of the whole global batch on one device. Metrics are per
 device; the caller pmeans them.
+
+`for_config` is the one dispatch from `config.loss` to a loss: the train step
+differentiates exactly what it returns.
 """
 
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
@@ -29,6 +32,8 @@ LossOutput = Tuple[jax.Array, Metrics]
 LOSSES = ("nt_xent", "supcon", "nt_logistic", "margin_triplet")
 # Allowed values of the SupCon `variant` (mean outside / inside the log).
 SUPCON_VARIANTS = ("out", "in")
+# What the train step calls: (z [n, V, d], labels [n], axis_name) -> output.
+ConfiguredLoss = Callable[[jax.Array, jax.Array, Optional[str]], LossOutput]
 
 
 class _Block(NamedTuple):
@@ -137,6 +142,44 @@ def _softmax_terms(logits: jax.Array, pos: jax.Array, not_self: jax.Array,
   return per_anchor, valid, hit, entropy
 
 
+def _accuracies(block: _Block, pos: jax.Array, views: int) -> Metrics:
+  """Both contrastive top-1 accuracies, each named after what it measures.
+
+  `contrast_acc_all_columns`: over every anchor, whether its highest non-self
+  column (all N*V - 1 of them, every view) is a positive.
+  `contrast_acc_cross_view`: the official TF2 `train/contrast_acc`
+  (`metrics.update_pretrain_metrics_train` on `logits_ab`): anchors of the
+  first view only, ranked against the N columns of the second view (its own
+  positive among them); needs V >= 2. It is the easier task: the same-view
+  columns, the hardest negatives, are not candidates.
+
+  Args:
+    block: the similarity block.
+    pos: [n*V, N*V] positives of each row (non-self).
+    views: V.
+
+  Returns:
+    Per-device means (the caller pmeans them).
+  """
+  lowest = jnp.finfo(block.sim.dtype).min
+
+  def top1(candidates):
+    top = jnp.argmax(jnp.where(candidates, block.sim, lowest), axis=-1)
+    return jnp.take_along_axis(pos, top[:, None], axis=-1)[:, 0].astype(
+        jnp.float32)
+
+  out = {"contrast_acc_all_columns": jnp.mean(top1(block.not_self))}
+  if views >= 2:
+    # Local row ids start at a multiple of V, so id % V is the view.
+    row_view = jnp.arange(block.sim.shape[0]) % views
+    col_view = jnp.arange(block.sim.shape[1]) % views
+    hit = top1(jnp.broadcast_to(col_view[None, :] == 1, block.sim.shape))
+    first = row_view == 0
+    out["contrast_acc_cross_view"] = jnp.sum(
+        jnp.where(first, hit, 0)) / jnp.sum(first)
+  return out
+
+
 def nt_xent(z: jax.Array, temperature: float,
             axis_name: Optional[str] = None,
             logits_dtype: Any = jnp.float32) -> LossOutput:
@@ -151,7 +194,8 @@ def nt_xent(z: jax.Array, temperature: float,
   and the loss is the mean of l_i over all N*V anchors. For V = 2 this is the
   paper's L = 1/2N sum_k [l(2k-1, 2k) + l(2k, 2k-1)]. For V > 2 it is the
   mean over positives outside the log, i.e. SupCon L_out with labels = image
-  ids. The official TF code returns loss_a + loss_b, twice this value.
+  ids. The official TF2 code minimises mean(loss_a + loss_b), twice this
+  value: `for_config` with `loss.official_scale` returns that.
 
   Args:
     z: local projections [n, V, d], any float dtype.
@@ -161,17 +205,18 @@ def nt_xent(z: jax.Array, temperature: float,
 
   Returns:
     (loss, metrics): the loss averaged over local anchors; metrics
-    `contrast_acc` (fraction of anchors whose highest non-self logit is a
-    positive) and `contrast_entropy` (mean entropy of the softmax over the
-    non-self columns).
+    `contrast_acc_all_columns`, `contrast_acc_cross_view` (see `_accuracies`)
+    and `contrast_entropy` (mean entropy of the softmax over the non-self
+    columns).
   """
   _check_z(z, 2)
   _check_positive("temperature", temperature)
   block = _similarity_block(z, axis_name, logits_dtype)
-  per_anchor, _, hit, entropy = _softmax_terms(
-      block.sim / temperature, _same_image(block), block.not_self, "out")
-  metrics = {"contrast_acc": jnp.mean(hit.astype(jnp.float32)),
-             "contrast_entropy": jnp.mean(entropy)}
+  pos = _same_image(block)
+  per_anchor, _, _, entropy = _softmax_terms(
+      block.sim / temperature, pos, block.not_self, "out")
+  metrics = dict(_accuracies(block, pos, z.shape[1]),
+                 contrast_entropy=jnp.mean(entropy))
   return jnp.mean(per_anchor), metrics
 
 
@@ -188,8 +233,12 @@ def supcon(z: jax.Array, labels: jax.Array, temperature: float,
     L_out(i) = -1/|P(i)| sum_{p in P(i)} log p_ip          (variant 'out')
     L_in(i)  = -log( 1/|P(i)| sum_{p in P(i)} p_ip )       (variant 'in')
 
-  multiplied by tau / base_temperature when `base_temperature` is set. The
-  loss is the mean over the anchors of the *global* batch that have at least
+  multiplied by tau / base_temperature when `base_temperature` is set (the
+  SupContrast reference always multiplies, with base_temperature 0.07 by
+  default): a constant factor, so the loss value and its gradient scale by
+  exactly tau / base_temperature and the minimiser is unchanged; under SGD or
+  LARS's untrusted parameters it acts as a learning-rate factor. The loss is
+  the mean over the anchors of the *global* batch that have at least
   one positive; anchors without one contribute nothing (loss 0 if none has).
   Each device returns D * (local sum) / (global count of such anchors), so the
   pmean over devices is exactly the single-device value.
@@ -204,9 +253,12 @@ def supcon(z: jax.Array, labels: jax.Array, temperature: float,
     logits_dtype: dtype of the similarities and logits.
 
   Returns:
-    (loss, metrics): metrics `contrast_acc` (over anchors with positives, same
-    exact scheme as the loss), `contrast_entropy` and `positive_anchor_frac`
-    (local fraction of anchors that have a positive).
+    (loss, metrics): metrics `contrast_acc_with_positive` (over anchors with
+    positives, same exact scheme as the loss: is the highest non-self column a
+    positive), `contrast_acc_all_columns` and `contrast_acc_cross_view` (every
+    anchor, see `_accuracies`; a positive is a same-label column),
+    `contrast_entropy` and `positive_anchor_frac` (local fraction of anchors
+    that have a positive).
   """
   _check_z(z, 1)
   _check_positive("temperature", temperature)
@@ -230,28 +282,27 @@ def supcon(z: jax.Array, labels: jax.Array, temperature: float,
   loss = _valid_mean(per_anchor, valid, axis_name)
   if base_temperature is not None:
     loss = loss * (temperature / base_temperature)
-  metrics = {
-      "contrast_acc": _valid_mean(hit.astype(jnp.float32), valid, axis_name),
-      "contrast_entropy": jnp.mean(entropy),
-      "positive_anchor_frac": jnp.mean(valid.astype(jnp.float32)),
-  }
+  metrics = dict(
+      _accuracies(block, pos, views),
+      contrast_acc_with_positive=_valid_mean(hit.astype(jnp.float32), valid,
+                                             axis_name),
+      contrast_entropy=jnp.mean(entropy),
+      positive_anchor_frac=jnp.mean(valid.astype(jnp.float32)))
   return loss, metrics
 
 
-def _pair_metrics(sim: jax.Array, pos: jax.Array, neg: jax.Array,
-                  not_self: jax.Array) -> Metrics:
-  """Top-1 accuracy and mean positive / negative cosine similarity."""
-  lowest = jnp.finfo(sim.dtype).min
-  top = jnp.argmax(jnp.where(not_self, sim, lowest), axis=-1)
-  hit = jnp.take_along_axis(pos, top[:, None], axis=-1)[:, 0]
+def _pair_metrics(block: _Block, pos: jax.Array, neg: jax.Array,
+                  views: int) -> Metrics:
+  """Both top-1 accuracies and mean positive / negative cosine similarity."""
+  sim = block.sim
 
   def row_mean(mask):
     return jnp.sum(jnp.where(mask, sim, 0), axis=-1) / jnp.maximum(
         jnp.sum(mask, axis=-1), 1)
 
-  return {"contrast_acc": jnp.mean(hit.astype(jnp.float32)),
-          "pos_sim": jnp.mean(row_mean(pos)),
-          "neg_sim": jnp.mean(row_mean(neg))}
+  return dict(_accuracies(block, pos, views),
+              pos_sim=jnp.mean(row_mean(pos)),
+              neg_sim=jnp.mean(row_mean(neg)))
 
 
 def nt_logistic(z: jax.Array, temperature: float,
@@ -279,7 +330,8 @@ def nt_logistic(z: jax.Array, temperature: float,
     logits_dtype: dtype of the similarities and logits.
 
   Returns:
-    (loss, metrics): metrics `contrast_acc`, `pos_sim`, `neg_sim` (mean cosine
+    (loss, metrics): metrics `contrast_acc_all_columns`,
+    `contrast_acc_cross_view`, `pos_sim`, `neg_sim` (mean cosine
     similarities).
   """
   _check_z(z, 2)
@@ -294,7 +346,7 @@ def nt_logistic(z: jax.Array, temperature: float,
   if balance_negatives:
     neg_term = neg_term / jnp.maximum(jnp.sum(neg, axis=-1), 1)
   loss = jnp.mean(pos_term + neg_term)
-  return loss, _pair_metrics(block.sim, pos, neg, block.not_self)
+  return loss, _pair_metrics(block, pos, neg, z.shape[1])
 
 
 def margin_triplet(z: jax.Array, margin: float,
@@ -318,7 +370,7 @@ def margin_triplet(z: jax.Array, margin: float,
     logits_dtype: dtype of the similarities.
 
   Returns:
-    (loss, metrics): metrics `contrast_acc`, `pos_sim`, `neg_sim`.
+    (loss, metrics): metrics as `nt_logistic`'s.
   """
   _check_z(z, 2)
   if isinstance(margin, (int, float)) and not margin >= 0:
@@ -339,21 +391,54 @@ def margin_triplet(z: jax.Array, margin: float,
   hinge = jnp.where(neg[:, None, :], hinge, 0)
   per_anchor = jnp.sum(hinge, axis=(1, 2)) / (
       (views - 1) * jnp.maximum(jnp.sum(neg, axis=-1), 1))
-  return jnp.mean(per_anchor), _pair_metrics(block.sim, pos, neg,
-                                             block.not_self)
+  return jnp.mean(per_anchor), _pair_metrics(block, pos, neg, views)
 
 
-def get_loss_fn(name: str) -> Callable[..., LossOutput]:
-  """Returns the loss function called `name`.
+def for_config(loss_cfg: Any) -> ConfiguredLoss:
+  """The loss that `config.loss` names, as the train step differentiates it.
+
+  `loss.official_scale` multiplies the loss by the number of views V: the
+  official TF2 `add_contrastive_loss` sums its two per-view cross-entropies,
+  mean(loss_a + loss_b), where the paper's L (what `nt_xent` returns) is their
+  mean. The factor reaches every gradient, so under LARS the parameters it
+  does not adapt (BatchNorm, biases) step twice as far, and weight decay
+  weighs half as much against the gradient, as in the official code.
+  `loss.base_temperature` > 0 (supcon only) multiplies by tau / base, as the
+  SupContrast reference does.
 
   Args:
-    name: one of `LOSSES` (the config field `loss.name`).
+    loss_cfg: `config.loss` (name, temperature, supcon_variant, margin,
+      official_scale, base_temperature).
 
   Returns:
-    The loss function (signatures differ: see each function).
+    fn(z [n, V, d], labels [n] int, axis_name) -> (loss, metrics); labels are
+    read by supcon only.
+
+  Raises:
+    ValueError: on an unknown loss name (`config.validate` reports every
+      invalid loss field in one line before this is reached).
   """
-  fns = {"nt_xent": nt_xent, "supcon": supcon, "nt_logistic": nt_logistic,
-         "margin_triplet": margin_triplet}
-  if name not in fns:
-    raise ValueError(f"loss.name must be one of {LOSSES}; got {name!r}.")
-  return fns[name]
+  if loss_cfg.name not in LOSSES:
+    raise ValueError(f"loss.name must be one of {LOSSES}; got "
+                     f"{loss_cfg.name!r}.")
+  name, tau = loss_cfg.name, loss_cfg.temperature
+
+  def base(z, labels, axis_name):
+    if name == "nt_xent":
+      return nt_xent(z, tau, axis_name=axis_name)
+    if name == "supcon":
+      return supcon(z, labels, tau, axis_name=axis_name,
+                    variant=loss_cfg.supcon_variant,
+                    base_temperature=loss_cfg.base_temperature or None)
+    if name == "nt_logistic":
+      return nt_logistic(z, tau, axis_name=axis_name)
+    return margin_triplet(z, loss_cfg.margin, axis_name=axis_name)
+
+  def fn(z: jax.Array, labels: jax.Array,
+         axis_name: Optional[str]) -> LossOutput:
+    loss, metrics = base(z, labels, axis_name)
+    if loss_cfg.official_scale:
+      loss = loss * z.shape[1]
+    return loss, metrics
+
+  return fn

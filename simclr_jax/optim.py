@@ -2,7 +2,9 @@
 
 Weight decay and LARS trust-ratio adaptation apply to conv/dense kernels only:
 BatchNorm scales/offsets and every bias are excluded, and so is the supervised
-(probe) head, as in the official code's `exclude_from_weight_decay`.
+(probe) head, as in the official code's `exclude_from_weight_decay`. The
+official code decays the supervised head's kernel anyway, through an L2 term
+of its loss (`model.add_weight_decay`); `optim.decay_sup_head` does the same.
 """
 
 import math
@@ -38,6 +40,15 @@ def decay_mask(params: Any, exclude: Sequence[str] = ("sup_head",)) -> Any:
     names = _path_names(path)
     return names[-1] == "kernel" and not any(n in exclude for n in names)
   return jax.tree_util.tree_map_with_path(include, params)
+
+
+def sup_head_mask(params: Any, mask: Callable[[Any], Any]) -> Any:
+  """True on supervised-head kernels that `mask` leaves out (no double decay)."""
+  def include(path, leaf_in_mask):
+    names = _path_names(path)
+    return (names[-1] == "kernel" and "sup_head" in names
+            and not leaf_in_mask)
+  return jax.tree_util.tree_map_with_path(include, mask(params))
 
 
 def scaled_learning_rate(base_lr: float, global_batch: int,
@@ -82,7 +93,11 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict,
 
   Args:
     optim_cfg: `config.optim` with `name`, `weight_decay`, `momentum`,
-      `trust_coefficient` (LARS), `nesterov` (SGD), `b1`, `b2`, `eps` (AdamW).
+      `trust_coefficient` (LARS), `nesterov` (SGD), `b1`, `b2`, `eps`
+      (AdamW) and `decay_sup_head`: add weight_decay x kernel to the
+      supervised head's kernel gradient first, which is the gradient of the
+      official L2 loss term; that head is outside the LARS trust ratio, so it
+      then gets plain lr x momentum steps, as in the official code.
     schedule: the learning-rate schedule.
     mask: function params -> bool pytree selecting decayed/adapted leaves;
       defaults to `decay_mask`.
@@ -91,6 +106,17 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict,
     An optax GradientTransformation.
   """
   mask = mask or decay_mask
+  tx = _base_optimizer(optim_cfg, schedule, mask)
+  if optim_cfg.get("decay_sup_head", False) and optim_cfg.weight_decay:
+    head_decay = optax.add_decayed_weights(
+        optim_cfg.weight_decay, mask=lambda p: sup_head_mask(p, mask))
+    tx = optax.chain(head_decay, tx)
+  return tx
+
+
+def _base_optimizer(optim_cfg: ml_collections.ConfigDict,
+                    schedule: optax.Schedule,
+                    mask: Callable[[Any], Any]) -> optax.GradientTransformation:
   name = optim_cfg.name
   if name == "lars":
     return optax.lars(

@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from configs import digits
 from simclr_jax import gradcache
+from simclr_jax import losses
 from simclr_jax import parallel
 from simclr_jax.engine import state as state_lib
 from simclr_jax.modes import pretrain
@@ -72,8 +73,8 @@ def _inference_grads(params, stats, batch, *, model, config, chunks):
     return {"z": out["z"], "logits": out["logits"]}, ()
 
   def loss_fn(outputs):
-    loss, _ = pretrain.contrastive_loss(
-        config.loss, outputs["z"].reshape(n, views, -1), labels, AXIS)
+    loss, _ = losses.for_config(config.loss)(
+        outputs["z"].reshape(n, views, -1), labels, AXIS)
     probe = state_lib.cross_entropy(outputs["logits"], jnp.repeat(labels, views))
     return loss + probe, ()
 
@@ -123,7 +124,7 @@ def _per_chunk_bn_reference(params, stats, batch, *, model, config, chunks):
       new_stats.append(upd["batch_stats"])
     z = jnp.concatenate([o["z"] for o in outs]).reshape(n, views, -1)
     logits = jnp.concatenate([o["logits"] for o in outs])
-    loss, _ = pretrain.contrastive_loss(config.loss, z, labels, AXIS)
+    loss, _ = losses.for_config(config.loss)(z, labels, AXIS)
     loss = loss + state_lib.cross_entropy(logits, jnp.repeat(labels, views))
     mean_stats = jax.tree.map(lambda *s: sum(s) / chunks, *new_stats)
     return loss, mean_stats

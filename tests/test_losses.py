@@ -8,6 +8,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
@@ -45,7 +46,7 @@ def np_nt_xent_paper(z, tau):
 
 
 def np_contrastive_metrics(z, tau):
-  """contrast_acc and contrast_entropy, positives = same image."""
+  """contrast_acc_all_columns and contrast_entropy, positives = same image."""
   s = _np_sim(z)
   views = z.shape[1]
   accs, ents = [], []
@@ -138,7 +139,8 @@ def test_nt_xent_matches_paper_formula(n, tau):
   loss, metrics = losses.nt_xent(jnp.asarray(z), tau)
   np.testing.assert_allclose(loss, np_nt_xent_paper(z, tau), rtol=1e-5)
   acc, ent = np_contrastive_metrics(z, tau)
-  np.testing.assert_allclose(metrics["contrast_acc"], acc, rtol=1e-6)
+  np.testing.assert_allclose(metrics["contrast_acc_all_columns"], acc,
+                             rtol=1e-6)
   np.testing.assert_allclose(metrics["contrast_entropy"], ent, rtol=1e-4,
                              atol=1e-6)
 
@@ -150,7 +152,8 @@ def test_nt_xent_multi_view(views, tau):
   np.testing.assert_allclose(loss, np_multi_positive_nt_xent(z, tau),
                              rtol=1e-5)
   acc, ent = np_contrastive_metrics(z, tau)
-  np.testing.assert_allclose(metrics["contrast_acc"], acc, rtol=1e-6)
+  np.testing.assert_allclose(metrics["contrast_acc_all_columns"], acc,
+                             rtol=1e-6)
   np.testing.assert_allclose(metrics["contrast_entropy"], ent, rtol=1e-4)
   # Equals SupCon L_out with one label per image.
   sup, _ = losses.supcon(jnp.asarray(z), jnp.arange(4), tau)
@@ -208,8 +211,9 @@ def test_supcon_distinct_labels_equals_nt_xent(tau):
   np.testing.assert_allclose(sup, np_nt_xent_paper(z, tau), rtol=1e-5)
   ntx, ntx_metrics = losses.nt_xent(jnp.asarray(z), tau)
   np.testing.assert_allclose(sup, ntx, rtol=1e-6)
-  np.testing.assert_allclose(sup_metrics["contrast_acc"],
-                             ntx_metrics["contrast_acc"], rtol=1e-6)
+  np.testing.assert_allclose(sup_metrics["contrast_acc_all_columns"],
+                             ntx_metrics["contrast_acc_all_columns"],
+                             rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -237,7 +241,8 @@ def test_nt_logistic_matches_reference(views, tau, balance):
   np.testing.assert_allclose(loss, np_nt_logistic(z, tau, balance),
                              rtol=1e-5)
   acc, _ = np_contrastive_metrics(z, tau)
-  np.testing.assert_allclose(metrics["contrast_acc"], acc, rtol=1e-6)
+  np.testing.assert_allclose(metrics["contrast_acc_all_columns"], acc,
+                             rtol=1e-6)
 
 
 @pytest.mark.parametrize("views,margin", [(2, 0.5), (3, 1.0), (2, 0.0)])
@@ -367,16 +372,24 @@ def test_nt_xent_bfloat16_at_low_temperature():
     assert cos > 0.999, cos
 
 
-def test_get_loss_fn():
-  expected = {"nt_xent": losses.nt_xent, "supcon": losses.supcon,
-              "nt_logistic": losses.nt_logistic,
-              "margin_triplet": losses.margin_triplet}
-  assert set(losses.LOSSES) == set(expected)
-  for name, fn in expected.items():
-    assert losses.get_loss_fn(name) is fn
+def test_for_config_dispatches_to_each_loss():
+  """for_config(name) computes what the named function computes."""
+  z, labels = jnp.asarray(_z(7, 4, 2)), jnp.array([0, 1, 0, 2])
+  direct = {
+      "nt_xent": losses.nt_xent(z, 0.3)[0],
+      "supcon": losses.supcon(z, labels, 0.3, variant="in")[0],
+      "nt_logistic": losses.nt_logistic(z, 0.3)[0],
+      "margin_triplet": losses.margin_triplet(z, 0.7)[0]}
+  assert set(losses.LOSSES) == set(direct)
+  for name, want in direct.items():
+    cfg = ml_collections.ConfigDict(dict(
+        name=name, temperature=0.3, supcon_variant="in", margin=0.7,
+        official_scale=False, base_temperature=0.0))
+    got, _ = losses.for_config(cfg)(z, labels, None)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+  cfg.name = "simclr"
   with pytest.raises(ValueError, match=r"loss\.name.*nt_xent.*'simclr'"):
-    losses.get_loss_fn("simclr")
-
+    losses.for_config(cfg)
 
 def test_bad_input_raises():
   z = jnp.ones((4, 2, 8))

@@ -112,7 +112,7 @@ def test_sigterm_then_resume_equals_uninterrupted(reference, tmp_path,
   assert sorted(second) == list(range(11, STEPS + 1))
   for step in range(1, STEPS + 1):
     got = (first if step <= 10 else second)[step]
-    for key in ("loss", "grad_norm", "contrast_acc"):
+    for key in ("loss", "grad_norm", "contrast_acc_all_columns"):
       np.testing.assert_allclose(got[key], ref[step][key], rtol=0, atol=1e-6,
                                  err_msg=f"{key} at step {step}")
   assert _steps(workdir) == [10, STEPS]

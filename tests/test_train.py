@@ -69,7 +69,7 @@ def test_one_vs_eight_devices_same_loss_grads_and_bn_stats(setup):
   assert jax.device_count() == 8
   g1, s1, m1 = _grads_on(jax.devices()[:1], config, variables, batch)
   g8, s8, m8 = _grads_on(jax.devices(), config, variables, batch)
-  for key in ("loss", "total_loss", "probe_loss", "contrast_acc"):
+  for key in ("loss", "total_loss", "probe_loss", "contrast_acc_all_columns"):
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, err_msg=key)
   _assert_tree_close(g8, g1, rtol=1e-5)
   _assert_tree_close(s8, s1, rtol=1e-5)

@@ -82,7 +82,8 @@ def sample_crop_box(image_shape: tf.Tensor, seed: Seed,
   The whole image is the object box; its crop must cover at least
   `CROP_MIN_OBJECT_COVERED` of it, with area fraction and aspect ratio
   (width / height) in the configured ranges; after `CROP_MAX_ATTEMPTS`
-  failures the whole image is used.
+  failures the whole image is used. With `aug.crop` off the box is always
+  the whole image (the official `crop=False`, then resized).
 
   Args:
     image_shape: int tensor [height, width, channels].
@@ -92,6 +93,10 @@ def sample_crop_box(image_shape: tf.Tensor, seed: Seed,
   Returns:
     (begin, size): int32 tensors [y, x, 0] and [h, w, -1].
   """
+  if not aug_cfg.get("crop", True):  # configs written before the switch
+    shape = tf.cast(image_shape, tf.int32)
+    return (tf.zeros([3], tf.int32),
+            tf.concat([shape[:2], tf.constant([-1], tf.int32)], 0))
   whole = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       image_shape, bounding_boxes=whole, seed=seed,
@@ -156,7 +161,7 @@ def preprocess_pretrain(image: tf.Tensor, seed: Seed, size: int,
   crop_seed, flip_seed, color_seed, blur_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 4))
   image = random_resized_crop(image, crop_seed, size, aug_cfg)
-  image = random_flip(image, flip_seed, aug_cfg.flip_prob)
+  image = random_flip(image, flip_seed, photometric.op_prob(aug_cfg, "flip"))
   image = photometric.random_color_distortion(image, color_seed, aug_cfg)
   image = tf.ensure_shape(image, [size, size, 3])
   if aug_cfg.blur:
@@ -180,7 +185,7 @@ def preprocess_supervised_train(image: tf.Tensor, seed: Seed, size: int,
   crop_seed, flip_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 2))
   image = random_resized_crop(image, crop_seed, size, aug_cfg)
-  image = random_flip(image, flip_seed, aug_cfg.flip_prob)
+  image = random_flip(image, flip_seed, photometric.op_prob(aug_cfg, "flip"))
   return _finish(image, size)
 
 

@@ -132,7 +132,8 @@ def finish_view(crop: tf.Tensor, seeds: List[Seed], size: int, aug_cfg: Any,
   image = tf.ensure_shape(image, [size, size, 3])
   if on_device:
     return image  # unclipped, as the reference before its photometric ops
-  image = augment.random_flip(image, flip_seed, aug_cfg.flip_prob)
+  image = augment.random_flip(image, flip_seed,
+                              photometric.op_prob(aug_cfg, "flip"))
   image = color_distortion(image, color_seed, aug_cfg)
   image = tf.ensure_shape(image, [size, size, 3])
   if aug_cfg.blur:

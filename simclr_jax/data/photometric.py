@@ -20,6 +20,28 @@ HUE_PER_STRENGTH = 0.2
 
 Seed = tf.Tensor
 
+# Each probabilistic op's on/off switch in `config.aug` and its probability.
+SWITCHED_PROBS = {"flip": "flip_prob", "color_jitter": "color_prob",
+                  "grayscale": "grayscale_prob", "blur": "blur_prob"}
+
+
+def op_prob(aug_cfg: Any, switch: str) -> float:
+  """The probability of an op, 0 when its switch (`aug.<switch>`) is off.
+
+  Every reader of a probability goes through here (host, fast and on-device
+  paths alike), so an op switched off is off everywhere; the random draws are
+  the same either way, so the other ops' randomness does not move.
+
+  Args:
+    aug_cfg: the `config.aug` ConfigDict.
+    switch: a key of `SWITCHED_PROBS`.
+
+  Returns:
+    The configured probability, or 0.0.
+  """
+  on = aug_cfg.get(switch, True)  # configs written before the switches
+  return float(aug_cfg[SWITCHED_PROBS[switch]]) if on else 0.0
+
 
 def _uniform(seed: Seed, low: float, high: float, shape=()) -> tf.Tensor:
   return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
@@ -190,8 +212,10 @@ def random_color_distortion(image: tf.Tensor, seed: Seed, aug_cfg: Any,
       tf.random.experimental.stateless_split(seed, 3))
   jitter = functools.partial(color_jitter, seed=jitter_seed,
                              strength=aug_cfg.color_strength)
-  image = random_apply(jitter, aug_cfg.color_prob, apply_seed, image)
-  return random_apply(grayscale_fn, aug_cfg.grayscale_prob, gray_seed, image)
+  image = random_apply(jitter, op_prob(aug_cfg, "color_jitter"), apply_seed,
+                       image)
+  return random_apply(grayscale_fn, op_prob(aug_cfg, "grayscale"), gray_seed,
+                      image)
 
 
 def blur_kernel_size(side: int, kernel_frac: float) -> int:
@@ -252,4 +276,4 @@ def random_blur(image: tf.Tensor, seed: Seed, aug_cfg: Any) -> tf.Tensor:
   kernel_size = blur_kernel_size(int(image.shape[0]), aug_cfg.blur_kernel_frac)
   sigma = _uniform(sigma_seed, aug_cfg.blur_sigma_min, aug_cfg.blur_sigma_max)
   blur = functools.partial(gaussian_blur, kernel_size=kernel_size, sigma=sigma)
-  return random_apply(blur, aug_cfg.blur_prob, apply_seed, image)
+  return random_apply(blur, op_prob(aug_cfg, "blur"), apply_seed, image)

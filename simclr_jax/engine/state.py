@@ -69,6 +69,8 @@ def model_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   for key in ("stage_sizes", "base_widths"):  # optional overrides
     if config.model.get(key) is not None:
       cfg[key] = tuple(config.model[key])
+  if config.model.get("proj_head", "nonlinear") != "nonlinear":
+    cfg["proj_head"] = config.model.proj_head  # the head ablation
   cfg["stem"] = config_lib.resolve_stem(config)
   return cfg
 

@@ -19,7 +19,8 @@ class ProjectionHead(nn.Module):
   """The projection head g: `num_layers` x (Dense -> BN [-> ReLU]).
 
   Attributes:
-    num_layers: number of layers (2 = SimCLR v1, 3 = SimCLR v2).
+    num_layers: number of layers (2 = SimCLR v1, 3 = SimCLR v2; 1 = the
+      official "linear" head; 0 = none, an empty tuple).
     hidden_dim: width of the middle layers; 0 = width of the input.
     proj_dim: width of the last layer (z).
     bn_momentum: decay of the BatchNorm moving averages.

@@ -22,8 +22,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 REQUIRED_KEYS = ("depth", "width", "sk_ratio", "stem", "bn_momentum",
                  "bn_epsilon", "head_layers", "head_hidden_dim", "proj_dim",
                  "sup_head_from", "dtype")
-# Optional structural knobs (tiny test models); absent = the official values.
-OPTIONAL_KEYS = ("stage_sizes", "base_widths", "sk_min_dim")
+# Optional structural knobs (tiny test models, the projection-head ablation);
+# absent = the official values.
+OPTIONAL_KEYS = ("stage_sizes", "base_widths", "sk_min_dim", "proj_head")
 
 
 class SimCLRModel(nn.Module):
@@ -37,7 +38,7 @@ class SimCLRModel(nn.Module):
     stem: 'cifar' or 'imagenet'.
     bn_momentum: decay of the BatchNorm moving averages.
     bn_epsilon: BatchNorm epsilon.
-    head_layers: projection-head layers.
+    head_layers: projection-head layers built (0 = no head, z = h).
     head_hidden_dim: middle width of the head (0 = width of h).
     proj_dim: width of z.
     num_classes: logits of the supervised head (0 = no supervised head).
@@ -94,7 +95,8 @@ class SimCLRModel(nn.Module):
     """
     h = self.encoder(images, train)
     proj = tuple(p.astype(jnp.float32) for p in self.head(h, train))
-    out = {"h": h, "proj": proj, "z": proj[-1]}
+    # No head (the paper's "None" projection): the loss sees h itself.
+    out = {"h": h, "proj": proj, "z": proj[-1] if proj else h}
     if self.num_classes > 0:
       feats = (h,) + proj
       x = feats[self.sup_head_from]
@@ -163,10 +165,16 @@ def validate_model_config(model_cfg: Mapping[str, Any]) -> Dict[str, Any]:
           "an integer >= 0 is required (0 = width of h)")
   if not _is_int(cfg["proj_dim"]) or cfg["proj_dim"] < 1:
     _fail("proj_dim", cfg["proj_dim"], "a positive integer is required")
+  proj_head = cfg.get("proj_head", None) or "nonlinear"
+  if proj_head not in config_lib.PROJ_HEADS:
+    _fail("proj_head", proj_head,
+          f"allowed values are {config_lib.PROJ_HEADS}")
+  depth = config_lib.head_depth(proj_head, cfg["head_layers"])
   if not _is_int(cfg["sup_head_from"]) or not (
-      0 <= cfg["sup_head_from"] <= cfg["head_layers"]):
+      0 <= cfg["sup_head_from"] <= depth):
     _fail("sup_head_from", cfg["sup_head_from"],
-          f"an integer in [0, head_layers={cfg['head_layers']}] is required")
+          f"an integer in [0, {depth}] (the layers of the {proj_head!r} "
+          "projection head) is required")
   if cfg["dtype"] not in DTYPES:
     _fail("dtype", cfg["dtype"], f"allowed values are {tuple(DTYPES)}")
   out = {k: cfg[k] for k in REQUIRED_KEYS}
@@ -184,6 +192,8 @@ def validate_model_config(model_cfg: Mapping[str, Any]) -> Dict[str, Any]:
     out["base_widths"] = list(base_widths)
   if sk_min_dim is not None and sk_min_dim != SK_MIN_DIM:
     out["sk_min_dim"] = sk_min_dim
+  if proj_head != "nonlinear":
+    out["proj_head"] = proj_head
   return out
 
 
@@ -213,7 +223,9 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int,
       bottleneck=cfg["depth"] in BOTTLENECK_DEPTHS,
       width=cfg["width"], sk_ratio=cfg["sk_ratio"], stem=cfg["stem"],
       bn_momentum=cfg["bn_momentum"], bn_epsilon=cfg["bn_epsilon"],
-      head_layers=cfg["head_layers"], head_hidden_dim=cfg["head_hidden_dim"],
+      head_layers=config_lib.head_depth(cfg.get("proj_head", "nonlinear"),
+                                        cfg["head_layers"]),
+      head_hidden_dim=cfg["head_hidden_dim"],
       proj_dim=cfg["proj_dim"], num_classes=num_classes,
       sup_head_from=cfg["sup_head_from"], sup_stop_gradient=sup_stop_gradient,
       axis_name=axis_name, dtype=DTYPES[cfg["dtype"]],

@@ -33,25 +33,6 @@ AXIS = parallel.AXIS
 TrainState = state_lib.TrainState
 
 
-def contrastive_loss(loss_cfg: ml_collections.ConfigDict, z: jax.Array,
-                     labels: jax.Array, axis_name: Optional[str]
-                     ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-  """Dispatches to the configured loss over local projections z [n, V, d]."""
-  name = loss_cfg.name
-  if name == "nt_xent":
-    return losses.nt_xent(z, loss_cfg.temperature, axis_name=axis_name)
-  if name == "supcon":
-    return losses.supcon(z, labels, loss_cfg.temperature, axis_name=axis_name,
-                         variant=loss_cfg.supcon_variant)
-  if name == "nt_logistic":
-    return losses.nt_logistic(z, loss_cfg.temperature, axis_name=axis_name)
-  if name == "margin_triplet":
-    return losses.margin_triplet(z, loss_cfg.margin, axis_name=axis_name)
-  raise config_lib.ConfigError(
-      f"config.loss.name={name!r} is invalid: allowed values are "
-      f"{losses.LOSSES}")
-
-
 def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
                    *, model, loss_cfg, probe: bool, grad_chunks: int = 1
                    ) -> Tuple[Any, Any, Dict[str, jax.Array]]:
@@ -80,6 +61,7 @@ def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
   # All views of all local images in one batch: BatchNorm statistics are then
   # global over every view on every device, as in the official code.
   x = images.reshape((n * views,) + images.shape[2:])
+  loss_fn_of_z = losses.for_config(loss_cfg)
 
   def forward(params, x):
     out, updates = model.apply({"params": params, "batch_stats": batch_stats},
@@ -91,7 +73,7 @@ def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
 
   def loss_of_outputs(outputs):
     z = outputs["z"].reshape(n, views, -1)
-    loss, metrics = contrastive_loss(loss_cfg, z, labels, AXIS)
+    loss, metrics = loss_fn_of_z(z, labels, AXIS)
     metrics = dict(metrics, loss=loss)
     if probe:
       view_labels = jnp.repeat(labels, views)
