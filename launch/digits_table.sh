@@ -24,21 +24,4 @@ for frac in 1.0 0.1; do
     --config.seed="$SEED"
 done
 
-"$PYTHON" - "$OUT" <<'PY'
-import json, os, sys
-out = sys.argv[1]
-def get(name, frac, key):
-  path = os.path.join(out, f"{name}_{frac}", "linear_eval_results.json")
-  with open(path) as f:
-    res = json.load(f)
-  return f"{100 * res[key]['top1']:.1f}" if key in res else "-"
-print("| encoder | linear probe, 100% labels | linear probe, 10% labels "
-      "| kNN (k=20) | SGD linear eval, 100% | SGD linear eval, 10% |")
-print("|---|---|---|---|---|---|")
-for name, label in (("simclr", "SimCLR (configs/digits.py)"),
-                    ("random", "same ResNet, random init"),
-                    ("pixels", "raw pixels")):
-  print(f"| {label} | {get(name, '1.0', 'linear_probe')} | "
-        f"{get(name, '0.1', 'linear_probe')} | {get(name, '1.0', 'knn')} | "
-        f"{get(name, '1.0', 'linear')} | {get(name, '0.1', 'linear')} |")
-PY
+"$PYTHON" -m simclr_jax.tools.results_table "$WORKDIR"
