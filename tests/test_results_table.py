@@ -25,8 +25,11 @@ def test_tables_over_seeds(tmp_path, capsys):
            {"probe": {"top1": p}, "knn": {"top1": 0.9}})
     _write(os.path.join(workdir, "table", "simclr_1.0",
                         "linear_eval_results.json"), {"linear": {"top1": l}})
-  assert results_table.main(dirs) == 0
+  png = str(tmp_path / "seeds.png")
+  assert results_table.main(dirs + [f"--figure={png}"]) == 0
   out = capsys.readouterr().out
+  with open(png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   want = 100 * np.asarray(probe)
   assert (f"| online linear probe | 0.8600 | 0.8800 | 0.8700 | "
           f"{want.mean():.1f} ± {want.std(ddof=1):.1f} |") in out
