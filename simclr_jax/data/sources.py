@@ -18,7 +18,6 @@ order for TFDS (read with no interleaving).
 
 import dataclasses
 import functools
-import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
