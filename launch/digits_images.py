@@ -3,8 +3,8 @@
   python launch/digits_images.py runs/digit_images
 
 A stand-in for "a folder of your own images" that needs no download: PNG
-files of 32 x 32 pixels in ten sub-folders of consecutive examples (not by
-class: the folder carries no labels), `part_3/0542.png` and so on. The
+files of 32 x 32 pixels, `0000.png` to `1796.png`, in one flat folder (one
+level of sub-folders would read as classes). The
 label of each file goes beside the folder in `<OUT_DIR>_labels.csv`, for
 checking neighbours by eye; training never reads it.
 """
@@ -18,7 +18,6 @@ from PIL import Image
 from sklearn import datasets
 
 SIDE = 32  # pixels; the 8 x 8 originals upscaled 4x (nearest)
-PARTS = 10  # sub-folders
 
 
 def main(out: str) -> None:
@@ -26,10 +25,9 @@ def main(out: str) -> None:
   digits = datasets.load_digits()
   images = (digits.images / digits.images.max() * 255).astype(np.uint8)
   scale = SIDE // images.shape[1]
-  per_part = -(-len(images) // PARTS)
   rows = []
   for i, (image, label) in enumerate(zip(images, digits.target)):
-    rel = f"part_{i // per_part}/{i:04d}.png"
+    rel = f"{i:04d}.png"
     path = os.path.join(out, rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     big = np.kron(image, np.ones((scale, scale), np.uint8))
