@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.aug = aug = ml_collections.ConfigDict()
   aug.num_views = 2  # augmented views per image (2 = SimCLR)
   # Each op on/off on its own (SimCLR Figure 5); off = skipped whatever its probability.
-  aug.crop = True  # random-resized crop (off: the whole image resized)
+  aug.crop = True  # random-resized crop (off: the central square, resized)
   aug.flip = True  # horizontal flip with flip_prob
   aug.color_jitter = True  # colour jitter with color_prob
   aug.grayscale = True  # grayscale with grayscale_prob

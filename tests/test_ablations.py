@@ -85,14 +85,19 @@ def _all_on():
   return cfg
 
 
+def _centre(image):
+  """The central 20 x 20 square of the 20 x 24 test image."""
+  return image[:, 2:22]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_every_host_op_off_is_the_resized_whole_image(seed):
+def test_every_host_op_off_is_the_resized_centre_square(seed):
   cfg = _all_on()
   cfg.update(crop=False, flip=False, color_jitter=False, grayscale=False,
              blur=False)
   image = _image()
   view = augment.preprocess_pretrain(image, tf.constant([seed, 3]), 16, cfg)
-  want = np.clip(augment.resize(image, 16).numpy(), 0, 1)
+  want = np.clip(augment.resize(_centre(image), 16).numpy(), 0, 1)
   np.testing.assert_allclose(view.numpy(), want, rtol=0, atol=1e-6)
 
 
@@ -106,7 +111,7 @@ def test_one_host_op_on_at_probability_one_changes_the_view(switch):
   image = _image()
   # 40 px: the blur kernel (10% of the side) is wider than one pixel.
   view = augment.preprocess_pretrain(image, tf.constant([5, 3]), 40, cfg)
-  plain = np.clip(augment.resize(image, 40).numpy(), 0, 1)
+  plain = np.clip(augment.resize(_centre(image), 40).numpy(), 0, 1)
   assert np.abs(view.numpy() - plain).max() > 1e-3
   if switch == "flip":
     np.testing.assert_allclose(view.numpy(), plain[:, ::-1], atol=1e-6)
@@ -115,13 +120,17 @@ def test_one_host_op_on_at_probability_one_changes_the_view(switch):
                                atol=1e-6)
 
 
-def test_crop_switch_keeps_the_whole_box():
+@pytest.mark.parametrize("shape,begin,size", [
+    ((20, 24, 3), (0, 2, 0), (20, 20, -1)),
+    ((25, 16, 3), (5, 0, 0), (16, 16, -1)),  # offset rounds up, as at eval
+    ((16, 16, 3), (0, 0, 0), (16, 16, -1))])
+def test_crop_switch_takes_the_centre_square(shape, begin, size):
   cfg = _all_on()
   cfg.crop = False
-  begin, size = augment.sample_crop_box(tf.constant([20, 24, 3]),
-                                        tf.constant([1, 2]), cfg)
-  np.testing.assert_array_equal(begin.numpy(), [0, 0, 0])
-  np.testing.assert_array_equal(size.numpy(), [20, 24, -1])
+  got_begin, got_size = augment.sample_crop_box(tf.constant(shape),
+                                                tf.constant([1, 2]), cfg)
+  np.testing.assert_array_equal(got_begin.numpy(), begin)
+  np.testing.assert_array_equal(got_size.numpy(), size)
 
 
 @pytest.mark.parametrize("switch,param", [("flip", "flip"),

@@ -83,7 +83,9 @@ def sample_crop_box(image_shape: tf.Tensor, seed: Seed,
   `CROP_MIN_OBJECT_COVERED` of it, with area fraction and aspect ratio
   (width / height) in the configured ranges; after `CROP_MAX_ATTEMPTS`
   failures the whole image is used. With `aug.crop` off the box is always
-  the whole image (the official `crop=False`, then resized).
+  the central square of side min(H, W): the whole image when it is square
+  (the official `crop=False`), and the proportions kept when it is not, as
+  at evaluation.
 
   Args:
     image_shape: int tensor [height, width, channels].
@@ -95,8 +97,11 @@ def sample_crop_box(image_shape: tf.Tensor, seed: Seed,
   """
   if not aug_cfg.get("crop", True):  # configs written before the switch
     shape = tf.cast(image_shape, tf.int32)
-    return (tf.zeros([3], tf.int32),
-            tf.concat([shape[:2], tf.constant([-1], tf.int32)], 0))
+    side = tf.minimum(shape[0], shape[1])
+    # Offsets rounded as the evaluation crop's: ((H - h) + 1) // 2.
+    return (tf.stack([(shape[0] - side + 1) // 2,
+                      (shape[1] - side + 1) // 2, 0]),
+            tf.stack([side, side, -1]))
   whole = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       image_shape, bounding_boxes=whole, seed=seed,
