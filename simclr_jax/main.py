@@ -1,6 +1,6 @@
 """Entry point: python -m simclr_jax.main --config=configs/X.py --workdir=DIR.
 
-Thin by design: parse flags, keep TensorFlow off the accelerators, initialise
+Thin by design: parse flags, initialise
 multi-host JAX when asked, look the mode up and print its results.
 """
 
@@ -34,9 +34,8 @@ def main(argv):
   from simclr_jax import config as config_lib
   config = FLAGS.config
   config_lib.validate(config)  # before any device, data or compile work
-  # TensorFlow is only the input pipeline: importing the data package hides
-  # GPUs/TPUs from it before any TF op runs.
-  from simclr_jax import data  # pylint: disable=unused-import
+  # TensorFlow, only where a tf.data pipeline is built, is kept off the
+  # GPUs/TPUs by `simclr_jax.data.tf_host` before any TF op runs.
   # Multi-host start-up comes before any other JAX use.
   distributed.initialize_from_flags(config)
   import jax

@@ -9,14 +9,16 @@ saturation and hue, random op order, clipping to [0, 1] after each op).
 import functools
 from typing import Any, Callable, Tuple
 
-import tensorflow as tf
+from simclr_jax.data.tf_host import tf
 
-# The official `color_jitter` defines the strength s through these factors:
-# brightness/contrast/saturation span 1 +- 0.8 s and hue +- 0.2 s.
-BRIGHTNESS_PER_STRENGTH = 0.8
-CONTRAST_PER_STRENGTH = 0.8
-SATURATION_PER_STRENGTH = 0.8
-HUE_PER_STRENGTH = 0.2
+# The official constants, shared with the JAX port (`simclr_jax.augment_jax`).
+# pylint: disable=unused-import
+from simclr_jax.data.common import BRIGHTNESS_PER_STRENGTH
+from simclr_jax.data.common import CONTRAST_PER_STRENGTH
+from simclr_jax.data.common import HUE_PER_STRENGTH
+from simclr_jax.data.common import SATURATION_PER_STRENGTH
+from simclr_jax.data.common import blur_kernel_size
+# pylint: enable=unused-import
 
 Seed = tf.Tensor
 
@@ -192,20 +194,6 @@ def random_color_distortion(image: tf.Tensor, seed: Seed, aug_cfg: Any,
                              strength=aug_cfg.color_strength)
   image = random_apply(jitter, aug_cfg.color_prob, apply_seed, image)
   return random_apply(grayscale_fn, aug_cfg.grayscale_prob, gray_seed, image)
-
-
-def blur_kernel_size(side: int, kernel_frac: float) -> int:
-  """Official blur kernel size: r = int(side * kernel_frac) // 2, size 2r + 1.
-
-  Args:
-    side: image side in pixels.
-    kernel_frac: kernel side as a fraction of the image side.
-
-  Returns:
-    The odd kernel side (1 means no blur).
-  """
-  radius = int(side * kernel_frac) // 2
-  return 2 * radius + 1
 
 
 def gaussian_blur(image: tf.Tensor, kernel_size: int,

@@ -1,0 +1,77 @@
+"""What the tf.data host pipeline and the JAX side share, without TensorFlow.
+
+The dataset description (`DatasetInfo`), the constants that define the
+official SimCLR colour jitter and blur (used by the TF host ops in
+`photometric` and by their JAX port in `simclr_jax.augment_jax`), and the
+class-balanced labelled subset. Everything here is plain Python and NumPy, so
+the engine, the modes and the synthetic source import it on a machine where
+TensorFlow is not installed.
+"""
+
+import dataclasses
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+# The official `color_jitter` defines the strength s through these factors:
+# brightness/contrast/saturation span 1 +- 0.8 s and hue +- 0.2 s.
+BRIGHTNESS_PER_STRENGTH = 0.8
+CONTRAST_PER_STRENGTH = 0.8
+SATURATION_PER_STRENGTH = 0.8
+HUE_PER_STRENGTH = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the training code needs to know about a dataset.
+
+  Attributes:
+    num_examples: examples per split, for the configured train and eval splits.
+    num_classes: number of classes.
+    image_shape: shape of a stored image (None for a side that varies); for
+      digits the native 8 x 8 x 3.
+  """
+  num_examples: Dict[str, int]
+  num_classes: int
+  image_shape: Tuple[Optional[int], Optional[int], int]
+
+
+def blur_kernel_size(side: int, kernel_frac: float) -> int:
+  """Official blur kernel size: r = int(side * kernel_frac) // 2, size 2r + 1.
+
+  Args:
+    side: image side in pixels.
+    kernel_frac: kernel side as a fraction of the image side.
+
+  Returns:
+    The odd kernel side (1 means no blur).
+  """
+  radius = int(side * kernel_frac) // 2
+  return 2 * radius + 1
+
+
+def class_balanced_subset(labels: np.ndarray, fraction: float,
+                          seed: int) -> np.ndarray:
+  """Indices of a class-balanced labelled subset (e.g. 1% or 10% labels).
+
+  Each class c keeps max(1, round(fraction * count_c)) examples, chosen by a
+  permutation from `seed`.
+
+  Args:
+    labels: int [N] labels of the split.
+    fraction: fraction of each class to keep, in (0, 1].
+    seed: selection seed; the same seed gives the same indices.
+
+  Returns:
+    Sorted int64 indices into `labels`.
+  """
+  if not 0 < fraction <= 1:
+    raise ValueError(f"fraction = {fraction!r} is invalid: allowed (0, 1].")
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    k = max(1, round(fraction * len(members)))
+    chosen.append(rng.permutation(members)[:k])
+  return np.sort(np.concatenate(chosen)).astype(np.int64)
