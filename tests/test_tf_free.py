@@ -1,0 +1,84 @@
+"""The library without TensorFlow, TFDS and clu: import graph and a real run.
+
+`tf_free_worker.py` runs in a fresh interpreter with the three packages
+blocked from import (as on a JAX-only GPU machine): pretraining on the
+synthetic source, checkpoint resume and export (see its `STEPS`). Here it
+is run on the 8 forced CPU devices, bounded in time and killed on overrun.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO, "tests", "tf_free_worker.py")
+TIMEOUT_S = 600  # two tiny pretraining runs on a shared 2-core host
+
+# Library modules that must import where TensorFlow is not installed.
+TF_FREE_MODULES = (
+    "simclr_jax.data", "simclr_jax.data.synthetic", "simclr_jax.augment_jax",
+    "simclr_jax.engine.loop", "simclr_jax.engine.checkpoint",
+    "simclr_jax.engine.writer", "simclr_jax.modes", "simclr_jax.evals.knn",
+    "simclr_jax.evals.fast_probe", "simclr_jax.evals.pictures",
+    "simclr_jax.evals.encoders", "simclr_jax.tools.export",
+    "simclr_jax.tools.benchmark", "simclr_jax.tools.perf_report",
+    "simclr_jax.tools.device_check", "simclr_jax.main")
+
+
+def _env():
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                if p]))
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  return env
+
+
+def _run(args, timeout):
+  """Runs a Python child; kills it (and fails) past `timeout` seconds."""
+  proc = subprocess.Popen([sys.executable] + args, env=_env(), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  try:
+    out, _ = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    out, _ = proc.communicate()
+    pytest.fail(f"timed out after {timeout} s:\n{out[-3000:]}")
+  return proc.returncode, out
+
+
+def test_library_modules_import_without_tensorflow():
+  code = ("import sys; sys.path.insert(0, 'tests'); import tf_blocker; "
+          "tf_blocker.install(); import importlib\n"
+          f"for m in {TF_FREE_MODULES!r}: importlib.import_module(m)\n"
+          "print('LOADED', tf_blocker.loaded())")
+  rc, out = _run(["-c", code], timeout=120)
+  assert rc == 0, out[-3000:]
+  assert "LOADED []" in out, out[-3000:]
+
+
+def test_blocker_acts_like_a_missing_package():
+  code = ("import sys; sys.path.insert(0, 'tests'); import tf_blocker; "
+          "tf_blocker.install(); import importlib.util\n"
+          "assert importlib.util.find_spec('tensorflow') is None\n"
+          "try:\n  import clu\nexcept ModuleNotFoundError as e:\n"
+          "  print('REFUSED', e.name)\n"
+          "import numpy; print('NUMPY', numpy.__name__)")
+  rc, out = _run(["-c", code], timeout=60)
+  assert rc == 0 and "REFUSED clu" in out and "NUMPY numpy" in out, out
+
+
+def test_pretrain_resume_export_without_tensorflow(tmp_path):
+  rc, out = _run([WORKER, str(tmp_path)], timeout=TIMEOUT_S)
+  with open(tmp_path / "report.json") as f:
+    report = json.load(f)
+  assert rc == 0, out[-5000:]
+  assert report["passed"] == ["pretrain", "resume", "export"], report
+  assert report["blocked_loaded"] == []
+  if _env()["JAX_PLATFORMS"] == "cpu":
+    assert report["platform"] == "cpu" and len(report["devices"]) == 8
+  else:  # the device check's GPU pass (JAX_PLATFORMS=cuda)
+    assert report["platform"] == "gpu", report
