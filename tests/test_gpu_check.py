@@ -42,7 +42,7 @@ def test_dry_run_runs_every_stage_and_prints_the_table(tmp_path):
   for _, ips, tflops, frac, mem, compile_s in rows:
     assert float(ips) > 0 and float(tflops) > 0 and float(frac) > 0
     assert float(mem) > 0 and float(compile_s) > 0
-  assert "ResNet-18, 16 px, float32, synthetic data" in out
+  assert "ResNet-18, 16 px, float32, synthetic data, no augmentation" in out
   assert "all stages passed" in out
   assert sorted(os.listdir(tmp_path)) == [
       "bench_00004.json", "bench_00008.json", "env.json", "matmul.json"]

@@ -5,6 +5,10 @@ meshes, and with the source's definition (label i mod C; with no noise, the
 plain class pattern in every view and eval image).
 """
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -150,3 +154,19 @@ def test_unknown_split_is_refused():
   data_cfg = _cfg().data
   with pytest.raises(config_lib.ConfigError, match="two splits"):
     data_lib.load_labels(data_cfg, "validation")
+
+
+def test_command_line_refuses_a_bad_value_with_status_2(tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "simclr_jax.main",
+       "--config=configs/synthetic.py:tiny", f"--workdir={tmp_path}/run",
+       "--config.data.synthetic_noise=-1.0"],
+      cwd=repo, env=env, capture_output=True, text=True, timeout=120,
+      check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if "synthetic_noise" in l]
+  assert errors == ["error: config.data.synthetic_noise=-1.0 is invalid: "
+                    "must be >= 0"], proc.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")

@@ -17,15 +17,29 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "tf_free_worker.py")
 TIMEOUT_S = 600  # two tiny pretraining runs on a shared 2-core host
 
-# Library modules that must import where TensorFlow is not installed.
-TF_FREE_MODULES = (
-    "simclr_jax.data", "simclr_jax.data.synthetic", "simclr_jax.augment_jax",
-    "simclr_jax.engine.loop", "simclr_jax.engine.checkpoint",
-    "simclr_jax.engine.writer", "simclr_jax.modes", "simclr_jax.evals.knn",
-    "simclr_jax.evals.fast_probe", "simclr_jax.evals.pictures",
-    "simclr_jax.evals.encoders", "simclr_jax.tools.export",
-    "simclr_jax.tools.benchmark", "simclr_jax.tools.perf_report",
-    "simclr_jax.tools.device_check", "simclr_jax.main")
+# The tf.data modules and the augmentation preview: the only modules of the
+# package that import TensorFlow when they are imported. Every other module
+# must import where it is not installed.
+TF_MODULES = {
+    "simclr_jax.data.tf_host", "simclr_jax.data.sources",
+    "simclr_jax.data.pipeline", "simclr_jax.data.augment",
+    "simclr_jax.data.photometric", "simclr_jax.data.fast",
+    "simclr_jax.evals.preview", "simclr_jax.tools.preview"}
+# Modules that define the same absl flags (--config): one interpreter each.
+FLAG_MODULES = ("simclr_jax.main", "simclr_jax.tools.device_check")
+
+
+def _package_modules():
+  """Names of every module of the package, from its files."""
+  out = []
+  for root, _, files in os.walk(os.path.join(REPO, "simclr_jax")):
+    for name in sorted(files):
+      if name.endswith(".py"):
+        rel = os.path.relpath(os.path.join(root, name), REPO)[:-3]
+        mod = rel.replace(os.sep, ".")
+        out.append(mod[:-len(".__init__")] if mod.endswith(".__init__")
+                   else mod)
+  return sorted(out)
 
 
 def _env():
@@ -50,14 +64,26 @@ def _run(args, timeout):
   return proc.returncode, out
 
 
-def test_library_modules_import_without_tensorflow():
+def _import_blocked(modules):
   code = ("import sys; sys.path.insert(0, 'tests'); import tf_blocker; "
           "tf_blocker.install(); import importlib\n"
-          f"for m in {TF_FREE_MODULES!r}: importlib.import_module(m)\n"
+          f"for m in {tuple(modules)!r}: importlib.import_module(m)\n"
           "print('LOADED', tf_blocker.loaded())")
-  rc, out = _run(["-c", code], timeout=120)
+  rc, out = _run(["-c", code], timeout=180)
   assert rc == 0, out[-3000:]
   assert "LOADED []" in out, out[-3000:]
+
+
+def test_library_modules_import_without_tensorflow():
+  modules = [m for m in _package_modules()
+             if m not in TF_MODULES and m not in FLAG_MODULES]
+  assert len(modules) > 40 and "simclr_jax.modes.pretrain" in modules
+  _import_blocked(modules)
+
+
+@pytest.mark.parametrize("module", FLAG_MODULES)
+def test_commands_import_without_tensorflow(module):
+  _import_blocked([module])
 
 
 def test_blocker_acts_like_a_missing_package():

@@ -7,7 +7,8 @@ step exactly, and costs the host nothing. It is for benchmarks and for
 debugging on a machine with no data; its accuracies say whether the program
 learns, not how good a representation is (the results file names the source).
 
-Example i of a split (fixed by `data.synthetic_seed`) has label i mod C and the image
+Example i of a split (fixed by `data.synthetic_seed`) has label i mod C and
+the image
   clip(pattern[label] + noise * e_i, 0, 1),
 where pattern[c] is a `data.synthetic_grid`^2 grid of random colours, smoothly
 resized to the image side, and e_i is standard normal noise of that example.

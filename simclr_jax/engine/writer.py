@@ -137,7 +137,8 @@ class _TensorboardScalars:
   """clu's writer methods over `tensorboard.summary.Writer`: scalars only."""
 
   def __init__(self, logdir: str):
-    from tensorboard.summary import Writer as TbWriter  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from tensorboard.summary import Writer as TbWriter
     self._w = TbWriter(logdir)
     self._said = False
 

@@ -1,18 +1,18 @@
 """The stages of `launch/gpu_check.sh`: environment, train-step rows, table.
 
-  python -m simclr_jax.tools.device_check --stage=env
-  python -m simclr_jax.tools.device_check --stage=bench \
-      --config=configs/synthetic.py --per_chip_batch=128 --out=DIR
-  python -m simclr_jax.tools.device_check --stage=matmul --out=DIR
-  python -m simclr_jax.tools.device_check --stage=table --out=DIR
+  python -m simclr_jax.tools.device_check --config=configs/synthetic.py \
+      --out=DIR --stage=env | --stage=bench --per_chip_batch=128 |
+      --stage=matmul | --stage=table
+
+(every stage takes --config: the matmul runs in its model's dtype).
 
 Each `bench` run is its own process, so its peak memory is its own; it
 times the pretraining step (`tools.benchmark.time_train_step`, a batch made
 by the synthetic source on the devices) and writes one JSON row to
-`DIR/bench_<per_chip_batch>.json` as soon as it has it. `matmul` measures the
-square-matmul rate of one chip in the model's compute dtype. `table` prints whatever
-rows exist: a stage that failed or ran out of time leaves its row out and
-the others stand.
+`DIR/bench_<per_chip_batch>.json` as soon as it has it. `matmul` measures
+the square-matmul rate of one chip in the model's compute dtype. `table`
+prints whatever rows exist: a stage that failed or ran out of time leaves
+its row out and the others stand.
 """
 
 import glob
@@ -104,6 +104,7 @@ def bench_row(config, per_chip_batch: int, steps: int, warmup: int) -> dict:
           "device_kind": jax.devices()[0].device_kind,
           "image_size": int(config.data.image_size),
           "depth": int(config.model.depth), "dtype": config.model.dtype,
+          "on_device_aug": bool(config.aug.on_device),
           "images_per_sec_per_chip": per_chip,
           "flops_per_step_per_chip": flops,
           "flops_per_sec_per_chip": flops * per_chip / per_chip_batch,
@@ -153,8 +154,9 @@ def table_lines(out: str) -> list:
                  f"| {r['compile_s']:.1f} |")
   if rows:
     r = rows[0]
+    aug = "on-device augmentation" if r["on_device_aug"] else "no augmentation"
     lines.append(f"ResNet-{r['depth']}, {r['image_size']} px, {r['dtype']}, "
-                 f"synthetic data, {r['devices']} x {r['device_kind']}, "
+                 f"synthetic data, {aug}, {r['devices']} x {r['device_kind']}, "
                  f"jax {r['jax']}; matmul rate "
                  + (f"{rate / 1e12:.2f} TFLOP/s ({matmul['dtype']}, side "
                     f"{matmul['side']})" if rate else "not measured"))
