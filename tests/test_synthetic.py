@@ -158,7 +158,9 @@ def test_unknown_split_is_refused():
 
 def test_command_line_refuses_a_bad_value_with_status_2(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu")
+  path = [repo] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p),
+             JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "-m", "simclr_jax.main",
        "--config=configs/synthetic.py:tiny", f"--workdir={tmp_path}/run",

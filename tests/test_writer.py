@@ -4,21 +4,27 @@ import glob
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_file_loader
+
+# The event files are read back with tensorboard's loader.
+event_file_loader = pytest.importorskip(
+    "tensorboard.backend.event_processing.event_file_loader")
 
 from simclr_jax.engine import writer as writer_lib
 
 
 def _scalars(logdir):
-  """{(tag, step): value} read back from the event files of `logdir`."""
+  """{(tag, step): value} of the scalars in the event files of `logdir`."""
   out = {}
   for path in glob.glob(f"{logdir}/events.out.tfevents.*"):
     for event in event_file_loader.EventFileLoader(path).Load():
       for v in event.summary.value:
-        value = (v.simple_value if v.HasField("simple_value") else
-                 float(np.frombuffer(v.tensor.tensor_content, np.float32)[0])
-                 if v.tensor.tensor_content else v.tensor.float_val[0])
-        out[(v.tag, event.step)] = value
+        if v.HasField("simple_value"):  # tensorboardX, clu
+          out[(v.tag, event.step)] = v.simple_value
+        elif v.metadata.plugin_data.plugin_name == "scalars":  # tensorboard
+          t = v.tensor
+          out[(v.tag, event.step)] = float(
+              t.float_val[0] if t.float_val else
+              np.frombuffer(t.tensor_content, np.float32)[0])
   return out
 
 
