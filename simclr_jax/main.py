@@ -1,7 +1,8 @@
 """Entry point: python -m simclr_jax.main --config=configs/X.py --workdir=DIR.
 
-Thin by design: parse flags, initialise
-multi-host JAX when asked, look the mode up and print its results.
+Thin by design: parse flags, initialise multi-host JAX when asked, look the
+mode up and print its results. TensorFlow is not imported here: only a tf.data
+pipeline loads it (`simclr_jax.data.tf_host`, which keeps it off the GPUs/TPUs).
 """
 
 import sys
