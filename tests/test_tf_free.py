@@ -108,3 +108,21 @@ def test_pretrain_resume_export_without_tensorflow(tmp_path):
     assert report["platform"] == "cpu" and len(report["devices"]) == 8
   else:  # the device check's GPU pass (JAX_PLATFORMS=cuda)
     assert report["platform"] == "gpu", report
+
+
+def test_data_package_loads_tensorflow_only_for_a_tf_data_module():
+  code = ("import sys; sys.path.insert(0, 'tests'); import tf_blocker; "
+          "tf_blocker.install()\n"
+          "from simclr_jax import data\n"
+          "print('SYNTHETIC', data.synthetic.__name__)\n"
+          "print('SUBSET', "
+          "data.class_balanced_subset([0, 0, 1], 1.0, 0).tolist())\n"
+          "try:\n  data.sources\nexcept ModuleNotFoundError as e:\n"
+          "  print('SOURCES NEEDS', e.name)\n"
+          "try:\n  data.preprocess_eval\nexcept ModuleNotFoundError as e:\n"
+          "  print('PREPROCESS NEEDS', e.name)\n")
+  rc, out = _run(["-c", code], timeout=60)
+  assert rc == 0, out[-3000:]
+  for line in ("SYNTHETIC simclr_jax.data.synthetic", "SUBSET [0, 1, 2]",
+               "SOURCES NEEDS tensorflow", "PREPROCESS NEEDS tensorflow"):
+    assert line in out, out[-3000:]

@@ -26,8 +26,15 @@ _TF_NAMES = {"check_aug_config": "augment", "preprocess_eval": "augment",
              "preprocess_supervised_train": "augment"}
 
 
+# Submodules reachable as attributes (`data.sources`) before their import.
+_SUBMODULES = ("augment", "common", "fast", "photometric", "pipeline",
+               "sources", "synthetic", "tf_host")
+
+
 def __getattr__(name: str) -> Any:
-  """Loads a tf.data name (and TensorFlow) the first time it is used."""
+  """Loads a tf.data name or submodule (and TensorFlow) when first used."""
+  if name in _SUBMODULES:
+    return importlib.import_module(f"{__name__}.{name}")
   if name not in _TF_NAMES:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
   value = getattr(importlib.import_module(f"{__name__}.{_TF_NAMES[name]}"),
