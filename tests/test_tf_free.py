@@ -2,8 +2,9 @@
 
 `tf_free_worker.py` runs in a fresh interpreter with the three packages
 blocked from import (as on a JAX-only GPU machine): pretraining on the
-synthetic source, checkpoint resume and export (see its `STEPS`). Here it
-is run on the 8 forced CPU devices, bounded in time and killed on overrun.
+synthetic source, checkpoint resume, export and linear evaluation (see its
+`STEPS`). Here it runs on the 8 forced CPU devices, bounded in time and
+killed on overrun.
 """
 
 import json
@@ -102,7 +103,8 @@ def test_pretrain_resume_export_without_tensorflow(tmp_path):
   with open(tmp_path / "report.json") as f:
     report = json.load(f)
   assert rc == 0, out[-5000:]
-  assert report["passed"] == ["pretrain", "resume", "export"], report
+  assert report["passed"] == ["pretrain", "resume", "export",
+                              "linear_eval"], report
   assert report["blocked_loaded"] == []
   if _env()["JAX_PLATFORMS"] == "cpu":
     assert report["platform"] == "cpu" and len(report["devices"]) == 8

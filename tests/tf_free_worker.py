@@ -1,4 +1,4 @@
-"""Pretrain, checkpoint, resume and export with TensorFlow, TFDS and clu absent.
+"""Pretrain, resume, export, linear eval with TensorFlow, TFDS and clu absent.
 
 Run as `python tests/tf_free_worker.py OUT_DIR` (by `test_tf_free.py` and by
 `launch/gpu_check.sh`): it blocks the three packages before anything else is
@@ -114,10 +114,27 @@ def step_export(ctx) -> None:
   assert np.all(np.isfinite(np.asarray(got)))
 
 
+def step_linear_eval(ctx) -> None:
+  """Linear evaluation (linear head, fast probe, kNN) of the checkpoint."""
+  config = _config()
+  config.mode = "linear_eval"
+  config.init.checkpoint_dir = ctx["workdir"]
+  config.eval.protocols = ("linear", "fast_probe", "knn")
+  config.optim.name = "sgd"
+  config.optim.weight_decay = 0.0
+  config.train.steps = 2
+  results = MODES["linear_eval"].run(config, os.path.join(ctx["out"],
+                                                          "linear"))
+  assert results["data_source"] == "synthetic"
+  for name in ("linear", "linear_probe", "knn"):
+    assert 0.0 <= results[name]["top1"] <= 1.0, (name, results)
+  assert results["linear"]["num_examples"] == 24, results["linear"]
+
+
 # (name, function): run in this order; later steps read what earlier ones
 # put in ctx ('workdir', 'results', 'variables', 'export').
 STEPS = [("pretrain", step_pretrain), ("resume", step_resume),
-         ("export", step_export)]
+         ("export", step_export), ("linear_eval", step_linear_eval)]
 
 
 def main(out: str) -> int:
