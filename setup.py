@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.10",
     # Tested with jax 0.8.0 + flax 0.11.0 and jax 0.10.2 + flax 0.12.8 (what
     # pip serves for Python 3.11); the JAX APIs used were checked against
-    # jax 0.11's source. jax 0.11+ needs Python 3.12+.
+    # JAX's source after 0.11.0. jax 0.11+ needs Python 3.12+.
     install_requires=[
         "jax>=0.8,<0.13",
         "flax>=0.11,<0.13",

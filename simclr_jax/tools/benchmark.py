@@ -11,8 +11,9 @@
       --skip_train --memory --grad_chunks=1,2,4,8
 
 The input pipeline is timed alone (host tf.data, all views augmented); the
-train step is timed alone on a batch already on the devices, so each figure
-says what that part can sustain. `--sample_jpegs` reads scikit-learn's bundled
+train step is timed alone on a batch made on the devices by the synthetic
+source (no files, no TensorFlow), so each figure says what that part can
+sustain. `--sample_jpegs` reads scikit-learn's bundled
 photos (427x640), JPEG-encoded into a temporary image folder, as an offline
 stand-in for ImageNet files. `--input_paths` times the host paths in turns
 (one timing of each, then again, `--repeats` rounds, so a slow spell of a
