@@ -29,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.digits_test_fraction = 0.2  # digits: stratified held-out fraction
   data.digits_split_seed = 0  # digits: seed of the fixed train/test split
   data.skip_corrupt = False  # folder: skip (and count) unreadable images instead of failing
+  data.folder_labels = "auto"  # folder: auto (class sub-folders detected) | subfolders | none (unlabelled tree)
+  data.holdout_fraction = 0.1  # folder without an eval_split folder: fraction of train held out for eval (0 = no eval)
+  data.holdout_seed = 0  # folder: seed of the held-out images
+  data.fit_sizes = False  # lower batch, kNN k and picture sizes that exceed a small dataset (with a log line)
   data.fast_jpeg = False  # JPEG sources: decode only each view's crop window, cheap blur (same distribution)
   # The synthetic source (benchmarks, debugging): example i has label i mod C and
   # a smooth random colour pattern of its class plus noise; views add noise.
@@ -118,6 +122,8 @@ def get_config() -> ml_collections.ConfigDict:
   ev.knn_query_chunk = 256  # kNN: queries scored against the memory bank at once
   ev.knn = True  # pretraining: kNN monitor every eval period and at the end
   ev.final_probe = False  # pretraining: fast probe on frozen features at the end
+  ev.signals = "auto"  # pretraining: held-out contrastive top-1, alignment, uniformity: auto (unlabelled data) | on | off
+  ev.signal_max_images = 1024  # held-out signals: images (pairs) used at most
   ev.protocols = ("linear", "fast_probe", "knn")  # linear_eval mode: what to run
   ev.label_fraction = 1.0  # linear_eval/finetune: labelled fraction of train, in (0, 1]
   ev.label_seed = 0  # seed of the class-balanced labelled subset

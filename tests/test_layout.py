@@ -17,7 +17,8 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 # name; they are not library modules.
 ENTRY_POINTS = {f"{PACKAGE}.{n}" for n in ("main", "export", "evaluate",
                                            "convert", "benchmark",
-                                           "visualize", "preview")}
+                                           "visualize", "preview", "embed",
+                                           "neighbors")}
 TOOLS = f"{PACKAGE}.tools"
 
 

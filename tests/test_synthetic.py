@@ -172,3 +172,19 @@ def test_command_line_refuses_a_bad_value_with_status_2(tmp_path):
   assert errors == ["error: config.data.synthetic_noise=-1.0 is invalid: "
                     "must be >= 0"], proc.stderr[-2000:]
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_eval_views_are_fixed_per_example_and_differ_between_views():
+  config = _cfg()
+
+  def images(view, seed=0):
+    return np.concatenate([jax.device_get(b["images"]) for b in
+                           data_lib.make_eval_iterator(
+                               config.data, config.aug, "test", 16,
+                               view=view, seed=seed)])[:24]
+
+  v0, v1, plain = images(0), images(1), images(None)
+  np.testing.assert_array_equal(v0, images(0))  # same pairs every call
+  assert not np.array_equal(v0, v1) and not np.array_equal(v0, images(0, 1))
+  # Views are the plain image plus noise: closer to it than to another's.
+  assert np.abs(v0 - plain).mean() < np.abs(v0 - plain[::-1]).mean()

@@ -2,8 +2,8 @@
 
 `tf_free_worker.py` runs in a fresh interpreter with the three packages
 blocked from import (as on a JAX-only GPU machine): pretraining on the
-synthetic source, checkpoint resume, export and linear evaluation (see its
-`STEPS`). Here it runs on the 8 forced CPU devices, bounded in time and
+synthetic source, checkpoint resume, export, embedding through the encoder
+API (`simclr_jax.load_encoder`) and linear evaluation (see its `STEPS`). Here it runs on the 8 forced CPU devices, bounded in time and
 killed on overrun.
 """
 
@@ -25,6 +25,7 @@ TF_MODULES = {
     "simclr_jax.data.tf_host", "simclr_jax.data.sources",
     "simclr_jax.data.pipeline", "simclr_jax.data.augment",
     "simclr_jax.data.photometric", "simclr_jax.data.fast",
+    "simclr_jax.data.folders",
     "simclr_jax.evals.preview", "simclr_jax.tools.preview"}
 # Modules that define the same absl flags (--config): one interpreter each.
 FLAG_MODULES = ("simclr_jax.main", "simclr_jax.tools.device_check")
@@ -103,7 +104,7 @@ def test_pretrain_resume_export_without_tensorflow(tmp_path):
   with open(tmp_path / "report.json") as f:
     report = json.load(f)
   assert rc == 0, out[-5000:]
-  assert report["passed"] == ["pretrain", "resume", "export",
+  assert report["passed"] == ["pretrain", "resume", "export", "embed",
                               "linear_eval"], report
   assert report["blocked_loaded"] == []
   if _env()["JAX_PLATFORMS"] == "cpu":

@@ -1,4 +1,4 @@
-"""Pretrain, resume, export, linear eval with TensorFlow, TFDS and clu absent.
+"""Pretrain, resume, export, embed, linear eval without TensorFlow, TFDS, clu.
 
 Run as `python tests/tf_free_worker.py OUT_DIR` (by `test_tf_free.py` and by
 `launch/gpu_check.sh`): it blocks the three packages before anything else is
@@ -28,6 +28,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # configs/
+import simclr_jax
 from configs import synthetic as synthetic_config
 from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax.engine import state as state_lib
@@ -114,6 +115,23 @@ def step_export(ctx) -> None:
   assert np.all(np.isfinite(np.asarray(got)))
 
 
+def step_embed(ctx) -> None:
+  """The encoder API embeds an array: the export's encoder on [0, 1] input."""
+  encoder = simclr_jax.load_encoder(ctx["export"])
+  size = _config().data.image_size
+  images = np.random.default_rng(1).integers(0, 256, (5, size, size, 3),
+                                             dtype=np.uint8)
+  got = encoder.embed(images)
+  # At the export's own size with the full-image crop the preprocessing is
+  # only the scaling to [0, 1].
+  model = build_model(ckpt_lib.load_export(ctx["export"])[1]["model"],
+                      num_classes=0)
+  want = model.apply(ctx["variables"], images.astype(np.float32) / 255.0,
+                     train=False)["h"]
+  assert got.shape == want.shape, (got.shape, want.shape)
+  np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def step_linear_eval(ctx) -> None:
   """Linear evaluation (linear head, fast probe, kNN) of the checkpoint."""
   config = _config()
@@ -134,7 +152,8 @@ def step_linear_eval(ctx) -> None:
 # (name, function): run in this order; later steps read what earlier ones
 # put in ctx ('workdir', 'results', 'variables', 'export').
 STEPS = [("pretrain", step_pretrain), ("resume", step_resume),
-         ("export", step_export), ("linear_eval", step_linear_eval)]
+         ("export", step_export), ("embed", step_embed),
+         ("linear_eval", step_linear_eval)]
 
 
 def main(out: str) -> int:

@@ -1,9 +1,10 @@
 """Input pipeline: sources, stateless SimCLR augmentations, iterators.
 
 Importing this package does not import TensorFlow. The tf.data modules
-(`sources`, `pipeline`, `augment`, `photometric`, `fast`) load on first use,
-when a pipeline of a file or TFDS source is built, and hide the accelerators
-from TensorFlow before any TF op runs (`tf_host`); JAX owns the GPUs/TPUs.
+(`sources`, `folders`, `pipeline`, `augment`, `photometric`, `fast`) load on
+first use, when a pipeline of a file or TFDS source is built, and hide the
+accelerators from TensorFlow before any TF op runs (`tf_host`); JAX owns the
+GPUs/TPUs.
 `data.source='synthetic'` is served by `synthetic` with JAX alone, so the
 engine and every mode run where TensorFlow is not installed.
 
@@ -27,8 +28,8 @@ _TF_NAMES = {"check_aug_config": "augment", "preprocess_eval": "augment",
 
 
 # Submodules reachable as attributes (`data.sources`) before their import.
-_SUBMODULES = ("augment", "common", "fast", "photometric", "pipeline",
-               "sources", "synthetic", "tf_host")
+_SUBMODULES = ("augment", "common", "fast", "folders", "photometric",
+               "pipeline", "sources", "synthetic", "tf_host")
 
 
 def __getattr__(name: str) -> Any:
@@ -135,15 +136,19 @@ def make_supervised_iterator(data_cfg: Any, aug_cfg: Any, global_batch: int,
 def make_eval_iterator(data_cfg: Any, aug_cfg: Any, split: str,
                        global_batch: int,
                        process_index: Optional[int] = None,
-                       process_count: Optional[int] = None) -> Iterator[Any]:
-  """Finite, padded and masked iterator over `split` (every example once);
-  see `pipeline.make_eval_iterator`."""
+                       process_count: Optional[int] = None,
+                       view: Optional[int] = None, seed: int = 0
+                       ) -> Iterator[Any]:
+  """Finite, padded and masked iterator over `split` (every example once),
+  of evaluation images or, with `view`, of fixed augmented views; see
+  `pipeline.make_eval_iterator`."""
   if data_cfg.source == SYNTHETIC:
     return _synthetic(data_cfg, process_index,
-                      process_count).make_eval_iterator(data_cfg, split,
-                                                        global_batch)
+                      process_count).make_eval_iterator(
+                          data_cfg, split, global_batch, view=view, seed=seed)
   return _module(data_cfg, "pipeline").make_eval_iterator(
-      data_cfg, aug_cfg, split, global_batch, process_index, process_count)
+      data_cfg, aug_cfg, split, global_batch, process_index, process_count,
+      view=view, seed=seed)
 
 
 __all__ = [

@@ -209,22 +209,25 @@ def center_crop_shape(height: tf.Tensor, width: tf.Tensor,
 
 def preprocess_eval(image: tf.Tensor, size: int,
                     crop_proportion: float) -> tf.Tensor:
-  """Official evaluation preprocessing: central crop then bicubic resize.
+  """Official evaluation preprocessing: central square crop, bicubic resize.
+
+  The crop is the centre square of side `crop_proportion` x the shorter
+  side, so an image of any aspect ratio keeps its proportions (a 40 x 160
+  image gives its central 40 x 40 square at 1.0, never a squashed copy); for
+  a square image at 1.0 it is the whole image.
 
   Args:
     image: float32 [H, W, 3] in [0, 1].
     size: output side in pixels.
-    crop_proportion: fraction of the shorter side kept (0.875 for ImageNet);
-      1.0 means a plain resize of the whole image.
+    crop_proportion: fraction of the shorter side kept (0.875 for ImageNet).
 
   Returns:
     float32 [size, size, 3] in [0, 1].
   """
-  if crop_proportion < 1.0:
-    shape = tf.shape(image)
-    crop_h, crop_w = center_crop_shape(shape[0], shape[1], crop_proportion)
-    # Official rounding of the offsets: ((H - h) + 1) // 2.
-    top = (shape[0] - crop_h + 1) // 2
-    left = (shape[1] - crop_w + 1) // 2
-    image = tf.image.crop_to_bounding_box(image, top, left, crop_h, crop_w)
+  shape = tf.shape(image)
+  crop_h, crop_w = center_crop_shape(shape[0], shape[1], crop_proportion)
+  # Official rounding of the offsets: ((H - h) + 1) // 2.
+  top = (shape[0] - crop_h + 1) // 2
+  left = (shape[1] - crop_w + 1) // 2
+  image = tf.image.crop_to_bounding_box(image, top, left, crop_h, crop_w)
   return _finish(resize(image, size), size)

@@ -30,10 +30,16 @@ class DatasetInfo:
     num_classes: number of classes.
     image_shape: shape of a stored image (None for a side that varies); for
       digits the native 8 x 8 x 3.
+    labelled: whether the examples have class labels (unlabelled image
+      folders have none: label 0 everywhere, num_classes 0).
+    has_eval: whether there is an eval split (an image folder without one
+      and without a held-out fraction has none: evaluation is skipped).
   """
   num_examples: Dict[str, int]
   num_classes: int
   image_shape: Tuple[Optional[int], Optional[int], int]
+  labelled: bool = True
+  has_eval: bool = True
 
 
 def blur_kernel_size(side: int, kernel_frac: float) -> int:

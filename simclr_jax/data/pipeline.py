@@ -33,6 +33,7 @@ Batch = Dict[str, np.ndarray]
 # Salts that make the shuffling and augmentation keys independent streams.
 _SHUFFLE_SALT = 0
 _AUGMENT_SALT = 1
+_EVAL_VIEW_SALT = 2
 
 
 def _options() -> tf.data.Options:
@@ -333,12 +334,18 @@ def num_eval_batches(data_cfg: Any, split: str, global_batch: int,
 def make_eval_iterator(data_cfg: Any, aug_cfg: Any, split: str,
                        global_batch: int,
                        process_index: Optional[int] = None,
-                       process_count: Optional[int] = None
+                       process_count: Optional[int] = None,
+                       view: Optional[int] = None, seed: int = 0
                        ) -> Iterator[Batch]:
   """Finite iterator over a split in which every example counts once.
 
   The last batches are padded (zero images, label 0, mask False) so that all
   processes yield `num_eval_batches(...)` batches of the same size.
+
+  With `view` set, each image is a pretraining view instead (the full SimCLR
+  augmentation) whose randomness is a function of (seed, view, example
+  index) only: view 0 and view 1 of a split are the same positive pairs on
+  every call and on any number of hosts (the held-out signals' pairs).
 
   Args:
     data_cfg: the `config.data` ConfigDict.
@@ -347,6 +354,8 @@ def make_eval_iterator(data_cfg: Any, aug_cfg: Any, split: str,
     global_batch: images per step over all processes.
     process_index: this process (default `jax.process_index()`).
     process_count: number of processes (default `jax.process_count()`).
+    view: None for the evaluation crop, else which augmented view.
+    seed: the augmentation seed of the views.
 
   Returns:
     Iterator of {'images': float32 [b, H, W, 3], 'labels': int32 [b],
@@ -359,21 +368,29 @@ def make_eval_iterator(data_cfg: Any, aug_cfg: Any, split: str,
   if sources.is_random_access(data_cfg):
     table = sources.load_table(data_cfg, split, pi, pc)
     n = len(table)
-    ds = tf.data.Dataset.range(n).map(_fetcher(table),
-                                      num_parallel_calls=tf.data.AUTOTUNE,
-                                      deterministic=True)
+    fetch, ids = _fetcher(table), tf.constant(table.ids, tf.int64)
+    ds = tf.data.Dataset.range(n).map(
+        lambda row: (*fetch(row), tf.gather(ids, row)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   else:
     builder = sources.tfds_builder(data_cfg)
     local = sources.tfds_local_split(split, pi, pc)
-    n = sources.shard_sizes(data_cfg, split, pc)[pi]
+    sizes = sources.shard_sizes(data_cfg, split, pc)
+    n, first = sizes[pi], sum(sizes[:pi])
     ds = sources.tfds_records(data_cfg, builder, local, ordered=True)
-    ds = ds.map(lambda e, y: (_to_float(sources.decode_image(e)), y))
+    ds = ds.enumerate(first).map(
+        lambda i, ey: (_to_float(sources.decode_image(ey[0])), ey[1], i))
   size = int(data_cfg.image_size)
   crop = float(aug_cfg.eval_crop_proportion)
+  view_key = _fold(_key(seed, 0, _EVAL_VIEW_SALT), view or 0)
 
-  def prepare(image, label):
-    return {"images": augment.preprocess_eval(image, size, crop),
-            "labels": label, "mask": tf.constant(True)}
+  def prepare(image, label, example):
+    if view is None:
+      image = augment.preprocess_eval(image, size, crop)
+    else:
+      image = augment.preprocess_pretrain(image, _fold(view_key, example),
+                                          size, aug_cfg)
+    return {"images": image, "labels": label, "mask": tf.constant(True)}
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   padding = {"images": tf.zeros([size, size, 3], tf.float32),

@@ -1,5 +1,8 @@
 """Dataset sources: scikit-learn digits, TFDS builders and image folders.
 
+Image-folder layouts (labelled or not, held-out eval split) are resolved in
+`folders`.
+
 A source answers three questions for the pipeline: how big each split is and
 how it is divided among processes (`dataset_info`, `shard_sizes`), what the
 labels of a split are (`load_labels`), and what this process's examples are.
@@ -9,12 +12,12 @@ stream of encoded records (`tfds_records`). Nothing here downloads anything.
 
 Example index i of a split is the i-th example in the split's canonical
 order: the `train_test_split` order for digits, sorted (class, file name) for
-folders, and the TFDS file order for TFDS (read with no interleaving).
+labelled folders, the relative path for unlabelled ones, and the TFDS file
+order for TFDS (read with no interleaving).
 """
 
 import dataclasses
 import functools
-import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -25,10 +28,10 @@ from simclr_jax.data.tf_host import tf  # pylint: disable=g-bad-import-order
 import tensorflow_datasets as tfds  # pylint: disable=g-bad-import-order
 
 from simclr_jax import config as config_lib
+from simclr_jax.data import folders
 from simclr_jax.data.common import DatasetInfo
 
 SOURCES = ("digits", "tfds", "folder")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DIGITS_SPLITS = ("train", "test")
 
 
@@ -93,6 +96,8 @@ def check_data_config(data_cfg: Any) -> None:
   if data_cfg.source == "folder" and not data_cfg.data_dir:
     _fail("data.data_dir", data_cfg.data_dir, "the image-folder root is "
           "required for data.source='folder'")
+  if data_cfg.source == "folder":
+    folders.check_folder_config(data_cfg)
   if data_cfg.data_dir and not tf.io.gfile.isdir(data_cfg.data_dir):
     _fail("data.data_dir", data_cfg.data_dir, "no such directory")
   if data_cfg.source == "tfds":
@@ -149,47 +154,9 @@ def _digits_split(data_cfg: Any, split: str) -> Any:
 # ---------------------------------------------------------------- folder ---
 
 
-def _list_dirs(path: str) -> List[str]:
-  return sorted(d.rstrip("/") for d in tf.io.gfile.listdir(path)
-                if tf.io.gfile.isdir(os.path.join(path, d)))
-
-
-def _folder_classes(data_cfg: Any) -> List[str]:
-  split_dir = os.path.join(data_cfg.data_dir, data_cfg.train_split)
-  if not tf.io.gfile.isdir(split_dir):
-    _fail("data.train_split", data_cfg.train_split,
-          f"no directory {split_dir}")
-  classes = _list_dirs(split_dir)
-  if not classes:
-    _fail("data.train_split", data_cfg.train_split,
-          f"no class sub-directories in {split_dir}")
-  return classes
-
-
 def _folder_files(data_cfg: Any, split: str) -> Tuple[List[str], np.ndarray]:
-  """Image paths of a split sorted by (class, name), and their labels."""
-  classes = _folder_classes(data_cfg)
-  split_dir = os.path.join(data_cfg.data_dir, split)
-  if not tf.io.gfile.isdir(split_dir):
-    _fail("split", split, f"no directory {split_dir}")
-  paths, labels = [], []
-  for name in _list_dirs(split_dir):
-    if name not in classes:
-      _fail("split", split, f"class directory {name!r} is not one of the "
-            f"classes of data.train_split ({classes})")
-    class_dir = os.path.join(split_dir, name)
-    files = sorted(f for f in tf.io.gfile.listdir(class_dir)
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not files:
-      _fail("data.data_dir", data_cfg.data_dir, f"class directory {class_dir} "
-            f"holds no images (files ending in {IMAGE_EXTENSIONS}); remove "
-            "it or add images")
-    paths += [os.path.join(class_dir, f) for f in files]
-    labels += [classes.index(name)] * len(files)
-  if not paths:
-    _fail("split", split, f"no images in {split_dir}: expected "
-          f"<class>/<image> files ending in {IMAGE_EXTENSIONS}")
-  labels = np.asarray(labels, np.int32)
+  """Image paths of a split in canonical order, and their labels."""
+  paths, labels = folders.split_files(data_cfg, split)
   if data_cfg.get("skip_corrupt", False):
     # Skipped files are not examples: split sizes, shards and evaluation
     # masks all count the readable ones only.
@@ -247,7 +214,7 @@ def _readable(paths: List[str]) -> np.ndarray:
 
     ds = tf.data.Dataset.range(len(todo)).map(
         try_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    ds = ds.apply(tf.data.experimental.ignore_errors())
+    ds = ds.ignore_errors()
     ok = np.zeros(len(todo), bool)
     for i, _ in ds.as_numpy_iterator():
       ok[i] = True
@@ -410,8 +377,12 @@ def dataset_info(data_cfg: Any) -> DatasetInfo:
     return DatasetInfo(counts, int(classes.size),
                        _digits_split(data_cfg, "native_shape"))
   if data_cfg.source == "folder":
-    counts = {s: len(_folder_files(data_cfg, s)[1]) for s in splits}
-    return DatasetInfo(counts, len(_folder_classes(data_cfg)), (None, None, 3))
+    folder = folders.resolve(data_cfg)
+    has_eval = folder.eval_kind != folders.EVAL_NONE
+    counts = {s: len(_folder_files(data_cfg, s)[1])
+              for s in (splits if has_eval else splits[:1])}
+    return DatasetInfo(counts, len(folder.classes), (None, None, 3),
+                       labelled=folder.labelled, has_eval=has_eval)
   builder = tfds_builder(data_cfg)
   features = builder.info.features
   for field in ("image_key", "label_key"):

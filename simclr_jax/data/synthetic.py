@@ -33,7 +33,7 @@ from simclr_jax.data import common
 
 # Salts of the independent random streams (class patterns, per-example noise
 # of each split, per-view noise of training positions).
-_PATTERN_SALT, _VIEW_SALT, _SPLIT_SALT = 0, 1, 2
+_PATTERN_SALT, _VIEW_SALT, _SPLIT_SALT, _EVAL_VIEW_SALT = 0, 1, 2, 3
 
 Batch = Dict[str, jax.Array]
 
@@ -173,18 +173,23 @@ def train_batches(data_cfg: Any, views: int, global_batch: int, seed: int,
 
 
 def make_eval_iterator(data_cfg: Any, split: str, global_batch: int,
-                       mesh=None) -> Iterator[Batch]:
+                       mesh=None, view: Optional[int] = None,
+                       seed: int = 0) -> Iterator[Batch]:
   """Finite iterator over `split`, every example once, padded and masked.
 
   Row j of process k's part of batch t holds example (t * b + j) * P + k
   (b = global_batch / P), the order of the host pipeline's eval iterator;
-  rows past the end are zero images with label 0 and mask False.
+  rows past the end are zero images with label 0 and mask False. With
+  `view`, each image gets view noise that depends only on (seed, view,
+  example): the same positive pairs on every call (the held-out signals).
 
   Args:
     data_cfg: the `config.data` ConfigDict.
     split: split name.
     global_batch: images per step over all processes.
     mesh: the device mesh (default: all devices).
+    view: None for the plain images, else which noisy view.
+    seed: the seed of the views' noise.
 
   Returns:
     Iterator of {'images': float32 [B, H, W, 3], 'labels': int32 [B],
@@ -202,7 +207,14 @@ def make_eval_iterator(data_cfg: Any, split: str, global_batch: int,
     ids = (t * b + rows % b) * pc + rows // b
     mask = ids < n
     ids = jnp.where(mask, ids, 0)
-    images = jnp.clip(_images(key, ids, number, data_cfg), 0.0, 1.0)
+    images = _images(key, ids, number, data_cfg)
+    if view is not None:
+      view_key = jax.random.fold_in(jax.random.fold_in(
+          jax.random.PRNGKey(seed), _EVAL_VIEW_SALT), view)
+      images = images + float(data_cfg.synthetic_noise) * jax.vmap(
+          lambda i: jax.random.normal(jax.random.fold_in(view_key, i),
+                                      images.shape[1:]))(ids)
+    images = jnp.clip(images, 0.0, 1.0)
     labels = (ids % int(data_cfg.synthetic_num_classes)).astype(jnp.int32)
     return {"images": jnp.where(mask[:, None, None, None], images, 0.0),
             "labels": jnp.where(mask, labels, 0), "mask": mask}

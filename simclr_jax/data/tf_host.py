@@ -1,9 +1,9 @@
 """TensorFlow for the host input pipeline, kept off the accelerators.
 
-Every tf.data module of this package (`sources`, `pipeline`, `augment`,
-`photometric`, `fast`) takes `tf` from here, so whichever of them loads first
-hides the GPUs/TPUs from TensorFlow before any TF op runs (JAX owns them) and
-filters TensorFlow's native start-up lines. Nothing outside those modules
+Every tf.data module of this package (`sources`, `folders`, `pipeline`,
+`augment`, `photometric`, `fast`) takes `tf` from here, so whichever of them
+loads first hides the GPUs/TPUs from TensorFlow before any TF op runs (JAX
+owns them) and filters TensorFlow's native start-up lines. Nothing outside those modules
 imports TensorFlow: the models, losses, steps, engine, checkpoints and exports
 run on a machine where it is not installed, and the data package imports these
 modules only when a tf.data pipeline is built.

@@ -5,7 +5,8 @@ CheckpointManager, async, atomic: a step directory appears only once it is
 complete, so a kill during a save leaves the previous checkpoint readable).
 
 An export is a self-contained encoder artifact:
-  <export>/meta.json      model config, num_classes, image convention, extras
+  <export>/meta.json      model config, num_classes, image convention, the
+                          evaluation preprocessing, extras
   <export>/variables/     orbax StandardCheckpointer of {'params', 'batch_stats'}
 It is written to a hidden work folder beside it and renamed into place, so an
 existing export is never left half-overwritten; a path that holds anything
@@ -32,6 +33,8 @@ from jax.experimental import multihost_utils
 from simclr_jax import config as config_lib
 
 EXPORT_FORMAT = "simclr_jax.export/1"
+# The official evaluation centre crop above 32 px (`data_util.CROP_PROPORTION`).
+OFFICIAL_CROP = 0.875
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
@@ -233,7 +236,7 @@ def _clear_our_leftover(path: str) -> None:
 def save_export(out_dir: str, variables: Dict[str, Any],
                 model_config: Dict[str, Any], num_classes: int,
                 image_size: int, extra: Optional[Dict[str, Any]] = None,
-                field: str = "--out") -> None:
+                field: str = "--out", crop_proportion: float = 1.0) -> None:
   """Writes an encoder export (see module docstring); atomic on one filesystem.
 
   Args:
@@ -244,6 +247,9 @@ def save_export(out_dir: str, variables: Dict[str, Any],
     image_size: input side the encoder was trained with.
     extra: further JSON-able metadata (e.g. source checkpoint and step).
     field: the flag or config field that named `out_dir`, for messages.
+    crop_proportion: the evaluation centre crop the encoder expects (0.875
+      for the official ImageNet models), recorded so that embedding and
+      evaluation need no flag for it.
 
   Raises:
     ConfigError: `out_dir` exists and is not an export made by simclr_jax
@@ -259,6 +265,7 @@ def save_export(out_dir: str, variables: Dict[str, Any],
       "image_size": int(image_size),
       "image_range": [0.0, 1.0],
       "image_layout": "NHWC float32 RGB, no mean/std normalisation",
+      "preprocessing": preprocessing_meta(image_size, crop_proportion),
       "extra": dict(extra or {}),
   }
   parent, base = os.path.split(out_dir)
@@ -286,6 +293,37 @@ def save_export(out_dir: str, variables: Dict[str, Any],
     if os.path.lexists(old):
       shutil.rmtree(old)
   multihost_utils.sync_global_devices("simclr_jax.export.done")
+
+
+def preprocessing_meta(image_size: int, crop_proportion: float
+                       ) -> Dict[str, Any]:
+  """The evaluation preprocessing an export records (see `preprocessing`)."""
+  return {"image_size": int(image_size),
+          "crop_proportion": float(crop_proportion),
+          "crop": "central square, crop_proportion x the shorter side",
+          "resize": "bicubic (half-pixel centres, no antialiasing)",
+          "range": [0.0, 1.0]}
+
+
+def preprocessing(meta: Dict[str, Any]) -> Dict[str, Any]:
+  """The evaluation preprocessing of an export, also of older exports.
+
+  Exports written before the preprocessing was recorded get the official
+  rule: the 0.875 centre crop above 32 px for converted official
+  checkpoints, the whole shorter side otherwise.
+
+  Args:
+    meta: the export's meta.json.
+
+  Returns:
+    {'image_size', 'crop_proportion', ...} as `preprocessing_meta`.
+  """
+  if "preprocessing" in meta:
+    return dict(meta["preprocessing"])
+  size = int(meta["image_size"])
+  official = "official" in str(meta.get("extra", {}).get("source", ""))
+  return preprocessing_meta(size, OFFICIAL_CROP if official and size > 32
+                            else 1.0)
 
 
 def read_export_meta(path: str) -> Dict[str, Any]:
@@ -371,7 +409,8 @@ def resume(workdir: str, keep: int, target: Any, start_over: bool = False
       check_shapes(saved, target, where)
     except ValueError as e:
       if not start_over:
-        raise ValueError(
+        # A ConfigError: the commands print it without a traceback (exit 2).
+        raise config_lib.ConfigError(
             f"{e}\nThe workdir holds checkpoints of a different model. Use "
             "another --workdir, or set config.train.start_over=True (now "
             "False) to move them aside and start at step 0.") from None

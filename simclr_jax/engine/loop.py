@@ -187,14 +187,23 @@ def _stored_config(workdir: str) -> Optional[Dict[str, Any]]:
 
 
 def _check_data(config: ml_collections.ConfigDict) -> None:
-  """The data-dependent config checks, before any model is built."""
+  """The data-dependent config checks, before any model is built.
+
+  Unlabelled data or data without an eval split also turn off, in `config`
+  and with a log line, the evaluations they cannot support.
+  """
   from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   info = data_lib.dataset_info(config.data)
-  config_lib.validate_data(config, info.num_examples[config.data.train_split],
-                           info.num_examples[config.data.eval_split])
-  # Image files of the eval split are read first after training: a corrupt
-  # one must fail (or be skipped and counted) before the first step instead.
-  data_lib.check_split_readable(config.data, config.data.eval_split)
+  config_lib.adapt_to_data(config, info.labelled, info.has_eval)
+  num_eval = (info.num_examples[config.data.eval_split] if info.has_eval
+              else None)
+  num_train = info.num_examples[config.data.train_split]
+  config_lib.fit_sizes(config, num_train, num_eval, jax.device_count())
+  config_lib.validate_data(config, num_train, num_eval)
+  if info.has_eval:
+    # Image files of the eval split are read first after training: a corrupt
+    # one must fail (or be skipped and counted) before the first step.
+    data_lib.check_split_readable(config.data, config.data.eval_split)
 
 
 def _train(job: Job, config: ml_collections.ConfigDict, state: Any,

@@ -29,9 +29,13 @@ class Evaluator(Protocol):
     """
 
 
+# Result entries that are TensorBoard scalars (classifiers; held-out signals).
+SCALARS = ("top1", "top5", "alignment", "uniformity", "contrastive_top1")
+
+
 def scalars_of(name: str, result: Optional[Dict[str, Any]]) -> Dict[str, float]:
   """The TensorBoard scalars of one evaluator's result: eval/<name>_<metric>."""
   if not result:
     return {}
   return {f"eval/{name}_{k}": float(v) for k, v in result.items()
-          if k in ("top1", "top5")}
+          if k in SCALARS}

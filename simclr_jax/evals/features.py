@@ -77,7 +77,8 @@ def global_row_ids(data_cfg: ml_collections.ConfigDict, split: str,
 def extract(feature_fn: FeatureFn, variables: Any,
             config: ml_collections.ConfigDict, split: str, mesh,
             max_points: Optional[int] = None,
-            step_fn: Optional[Callable] = None
+            step_fn: Optional[Callable] = None,
+            view: Optional[int] = None
             ) -> Tuple[np.ndarray, np.ndarray]:
   """Features and labels of every example of `split`, in canonical order.
 
@@ -96,6 +97,8 @@ def extract(feature_fn: FeatureFn, variables: Any,
       the first `max_points` of them (None = the whole split).
     step_fn: `make_feature_step(feature_fn, mesh)` when the caller keeps one
       compiled across calls.
+    view: None for the evaluation crop; k for the k-th augmented view of
+      each example (deterministic per example, see `make_eval_iterator`).
 
   Returns:
     (features float32 [N, d], labels int32 [N]) on every process.
@@ -104,7 +107,8 @@ def extract(feature_fn: FeatureFn, variables: Any,
   batch_size = config.eval.batch_size
   feats, labels, valid = [], [], 0
   batches = progress.track(
-      data_lib.make_eval_iterator(config.data, config.aug, split, batch_size),
+      data_lib.make_eval_iterator(config.data, config.aug, split, batch_size,
+                                  view=view, seed=config.seed),
       total=data_lib.num_eval_batches(config.data, split, batch_size),
       desc=f"features of {split}", unit="batches",
       enabled=jax.process_index() == 0)

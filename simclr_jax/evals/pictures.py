@@ -210,7 +210,7 @@ class Pictures:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh,
-               out_dir: str, writer: Any = None):
+               out_dir: str, writer: Any = None, labelled: bool = True):
     """Validates `config.viz` and prepares the inputs.
 
     Args:
@@ -219,9 +219,10 @@ class Pictures:
       mesh: the device mesh.
       out_dir: directory of the PNG files.
       writer: a clu MetricWriter for the TensorBoard images (or None).
+      labelled: colour the embedding map by class (False: one colour).
     """
     check_viz_config(config.viz, jax.device_count())
-    self.config, self.mesh = config, mesh
+    self.config, self.mesh, self.labelled = config, mesh, labelled
     self.out_dir, self.writer = out_dir, writer
     self._h = features_lib.make_feature_step(
         features_lib.encoder_feature_fn(model), mesh)
@@ -266,7 +267,7 @@ class Pictures:
                                 float(viz.tsne_perplexity), cfg.seed,
                                 int(viz.tsne_threads))
       out["embedding_map"] = plots.plot_embedding(
-          coords, labels, f"{METHOD_NAMES[method]} of h: {len(labels)} {split} "
+          coords, labels if self.labelled else None, f"{METHOD_NAMES[method]} of h: {len(labels)} {split} "
           f"examples, step {step}", px)
     return out
 
@@ -310,11 +311,12 @@ class PicturesEval:
   periodic = True
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh,
-               workdir: str):
+               workdir: str, labelled: bool = True):
     """Prepares the pictures; PNGs go to `<workdir>/pictures`."""
     self._config = config
     self._out_dir = os.path.join(workdir, PICTURES_SUBDIR)
-    self._pictures = Pictures(config, model, mesh, self._out_dir)
+    self._pictures = Pictures(config, model, mesh, self._out_dir,
+                              labelled=labelled)
 
   def start(self, writer: Any, step: int) -> None:
     """Writes the augmentation grid (TensorBoard step `step`) on process 0."""

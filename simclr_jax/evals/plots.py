@@ -5,7 +5,7 @@ display needed) at a fixed layout, and returned as uint8 RGB arrays that go
 both to PNG files and to TensorBoard.
 """
 
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,13 +41,13 @@ def _color(k: int, num_classes: int):
   return colormaps["hsv"](k / num_classes)
 
 
-def plot_embedding(coords: np.ndarray, labels: np.ndarray, title: str,
-                   px: int) -> np.ndarray:
+def plot_embedding(coords: np.ndarray, labels: Optional[np.ndarray],
+                   title: str, px: int) -> np.ndarray:
   """Scatter plot of 2-D points coloured by label, with a legend.
 
   Args:
     coords: float [n, 2].
-    labels: int [n].
+    labels: int [n]; None for unlabelled points (one colour, no legend).
     title: figure title.
     px: side of the square image.
 
@@ -56,7 +56,10 @@ def plot_embedding(coords: np.ndarray, labels: np.ndarray, title: str,
   """
   fig = _figure(px)
   ax = fig.add_axes(EMBEDDING_AXES)
-  classes = np.unique(labels)
+  classes = [] if labels is None else np.unique(labels)
+  if labels is None:
+    ax.scatter(coords[:, 0], coords[:, 1], s=8, linewidths=0,
+               color=_color(0, 1))
   for k, c in enumerate(classes):
     sel = labels == c
     ax.scatter(coords[sel, 0], coords[sel, 1], s=8, linewidths=0,
@@ -64,7 +67,7 @@ def plot_embedding(coords: np.ndarray, labels: np.ndarray, title: str,
   ax.set_xticks([])
   ax.set_yticks([])
   ax.set_title(title, fontsize=10)
-  if len(classes) <= MAX_LEGEND_CLASSES:
+  if 0 < len(classes) <= MAX_LEGEND_CLASSES:
     fig.legend(loc="center left", bbox_to_anchor=(0.81, 0.5), title="label",
                markerscale=2, fontsize=8, frameon=False)
   return _pixels(fig)
@@ -102,4 +105,40 @@ def plot_similarity(sim: np.ndarray, num_views: int, title: str,
   ax.set_title(title, fontsize=10)
   bar = fig.colorbar(image, cax=fig.add_axes(COLORBAR_AXES))
   bar.ax.tick_params(labelsize=8)
+  return _pixels(fig)
+
+
+def plot_neighbours(query: np.ndarray, neighbours: Sequence[np.ndarray],
+                    query_title: str, titles: Sequence[str], tile_px: int,
+                    columns: int) -> np.ndarray:
+  """A grid: the query image first, then its neighbours with their captions.
+
+  Args:
+    query: the query image, uint8 or float [H, W, 3] (any size).
+    neighbours: the neighbour images, nearest first.
+    query_title: caption of the query tile.
+    titles: caption of each neighbour (e.g. rank and cosine).
+    tile_px: side of one tile, pixels.
+    columns: tiles per row.
+
+  Returns:
+    uint8 [rows * tile, columns * tile, 3].
+  """
+  images = [query] + list(neighbours)
+  captions = [query_title] + list(titles)
+  columns = max(1, min(columns, len(images)))
+  rows = -(-len(images) // columns)
+  fig = _figure(tile_px)
+  fig.set_size_inches(columns * tile_px / DPI, rows * tile_px / DPI)
+  for i, (image, caption) in enumerate(zip(images, captions)):
+    ax = fig.add_subplot(rows, columns, i + 1)
+    ax.imshow(np.asarray(image), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():  # the query framed in red
+      spine.set_color("red" if i == 0 else "black")
+      spine.set_linewidth(3 if i == 0 else 0.5)
+    ax.set_title(caption, fontsize=8)
+  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92,
+                      wspace=0.05, hspace=0.25)
   return _pixels(fig)

@@ -28,3 +28,8 @@ def print_results(results: Dict, split: str) -> None:
   for key, name in RESULT_NAMES:
     if key in results:
       print(f"{name} top-1 accuracy on {split}: {results[key]['top1']:.4f}")
+  if results.get("heldout"):
+    r = results["heldout"]
+    print(f"held-out pairs of {split} ({r['num_examples']} images): "
+          f"contrastive top-1 {r['contrastive_top1']:.4f}, alignment "
+          f"{r['alignment']:.4f}, uniformity {r['uniformity']:.4f}")

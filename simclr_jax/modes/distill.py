@@ -162,7 +162,8 @@ class Distill(loop.Mode):
           os.path.join(workdir, "export"), parallel.to_host(state.variables),
           model_cfg, num_classes, config.data.image_size,
           extra={"kind": "distilled student", "step": int(sched.total_steps),
-                 "teacher_export": config.distill.teacher_export})
+                 "teacher_export": config.distill.teacher_export},
+          crop_proportion=config.aug.eval_crop_proportion)
 
     return loop.Job(
         state=state,

@@ -123,7 +123,8 @@ class Finetune(loop.Mode):
                            info.num_classes, config.data.image_size,
                            extra={"source": "simclr_jax fine-tuning",
                                   "init": source,
-                                  "step": int(sched.total_steps)})
+                                  "step": int(sched.total_steps)},
+                           crop_proportion=config.aug.eval_crop_proportion)
 
     return loop.Job(
         state=state, step_fn=state_lib.make_step(

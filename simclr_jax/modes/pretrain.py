@@ -27,6 +27,7 @@ from simclr_jax.evals import classifier
 from simclr_jax.evals import fast_probe
 from simclr_jax.evals import features as features_lib
 from simclr_jax.evals import knn
+from simclr_jax.evals import signals
 from simclr_jax.models import build_model
 
 AXIS = parallel.AXIS
@@ -223,9 +224,10 @@ def pretrain_evaluators(config: ml_collections.ConfigDict, model,
                         num_classes: int, mesh, workdir: str):
   """The evaluators of pretraining, in the order they report.
 
-  The online probe (`train.probe`), the kNN monitor (`eval.knn`) at every
-  evaluation; the fast probe at the end (`eval.final_probe`); the pictures
-  (`viz.enabled`) at every evaluation.
+  The online probe (`train.probe`), the kNN monitor (`eval.knn`) and the
+  held-out signals (`eval.signals`) at every evaluation; the fast probe at
+  the end (`eval.final_probe`); the pictures (`viz.enabled`) at every
+  evaluation, coloured by class when the data has labels.
   """
   evaluators = []
   if config.train.probe:
@@ -236,9 +238,12 @@ def pretrain_evaluators(config: ml_collections.ConfigDict, model,
     evaluators.append(knn.KnnEval(config, feats, num_classes, mesh))
   if config.eval.final_probe:
     evaluators.append(fast_probe.FastProbeEval(config, feats, num_classes))
+  if config_lib.uses_signals(config):
+    evaluators.append(signals.SignalsEval(config, model, mesh))
   if config.viz.enabled:
     from simclr_jax.evals import pictures  # pylint: disable=g-import-not-at-top
-    evaluators.append(pictures.PicturesEval(config, model, mesh, workdir))
+    evaluators.append(pictures.PicturesEval(config, model, mesh, workdir,
+                                            labelled=num_classes > 0))
   return evaluators
 
 

@@ -34,6 +34,11 @@ from simclr_jax.models import build_model, count_params, min_input_size
 
 # Input side of the official code: image_size, or <= 32 for the CIFAR stem.
 OFFICIAL_IMAGE_SIZE = {"imagenet": 224, "cifar": 32}
+
+
+def official_crop(image_size: int) -> float:
+  """The official evaluation crop: 0.875 of the shorter side above 32 px."""
+  return checkpoint.OFFICIAL_CROP if image_size > 32 else 1.0
 _MAX_SHOWN = 30
 
 
@@ -188,6 +193,39 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["tf2_checkpoint", "out"])
 
 
+def convert_to_export(tf2_checkpoint: str, out: str,
+                      overrides: Optional[Dict[str, Any]] = None,
+                      image_size: Optional[int] = None) -> Dict[str, Any]:
+  """Converts an official TF2 checkpoint into the export `out`.
+
+  The export records the official evaluation preprocessing (0.875 centre
+  crop above 32 px), so embedding and evaluation need no flag for it.
+
+  Args:
+    tf2_checkpoint: the checkpoint prefix (or its directory).
+    out: the export directory to write.
+    overrides: architecture fields to force (see the flags).
+    image_size: input side to record (default: the official one).
+
+  Returns:
+    The export's meta.json.
+  """
+  checkpoint.check_export_target(os.path.abspath(out))  # before any work
+  variables, model_cfg, num_classes = convert_tf2_checkpoint(
+      tf2_checkpoint, overrides or {})
+  image_size = image_size or OFFICIAL_IMAGE_SIZE[model_cfg["stem"]]
+  logging.info("model %s, num_classes=%d, %d parameters (encoder %d)",
+               model_cfg, num_classes, count_params(variables["params"]),
+               count_params(variables["params"]["encoder"]))
+  checkpoint.save_export(out, variables, model_cfg, num_classes,
+                         image_size, extra={
+                             "source": "official SimCLR TF2 checkpoint",
+                             "tf2_checkpoint": tf2_checkpoint},
+                         crop_proportion=official_crop(image_size))
+  logging.info("wrote %s", out)
+  return checkpoint.read_export_meta(out)
+
+
 def main(argv) -> None:
   """Converts --tf2_checkpoint into the export --out."""
   if len(argv) > 1:
@@ -196,18 +234,7 @@ def main(argv) -> None:
   names = ("depth", "width", "sk_ratio", "stem", "num_classes",
            "sup_head_from", "dtype")
   overrides = {k: fv[k].value for k in names if fv[k].value is not None}
-  checkpoint.check_export_target(os.path.abspath(fv.out))  # before any work
-  variables, model_cfg, num_classes = convert_tf2_checkpoint(
-      fv.tf2_checkpoint, overrides)
-  image_size = fv.image_size or OFFICIAL_IMAGE_SIZE[model_cfg["stem"]]
-  logging.info("model %s, num_classes=%d, %d parameters (encoder %d)",
-               model_cfg, num_classes, count_params(variables["params"]),
-               count_params(variables["params"]["encoder"]))
-  checkpoint.save_export(fv.out, variables, model_cfg, num_classes,
-                         image_size, extra={
-                             "source": "official SimCLR TF2 checkpoint",
-                             "tf2_checkpoint": fv.tf2_checkpoint})
-  logging.info("wrote %s", fv.out)
+  convert_to_export(fv.tf2_checkpoint, fv.out, overrides, fv.image_size)
 
 
 def cli() -> None:

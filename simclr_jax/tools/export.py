@@ -40,7 +40,8 @@ def export_workdir(workdir: str, out: str, step: int = 0) -> Dict[str, Any]:
                        pre.data.image_size, extra={
                            "source": "simclr_jax pretraining",
                            "workdir": os.path.abspath(workdir), "step": step,
-                           "dataset": pre.data.name or pre.data.source})
+                           "dataset": pre.data.name or pre.data.source},
+                       crop_proportion=pre.aug.eval_crop_proportion)
   return ckpt_lib.read_export_meta(out)
 
 
