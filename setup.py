@@ -29,7 +29,8 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "chex>=0.1.88"],
+        # tensorboardX: the writer fallback without clu is tested too.
+        "test": ["pytest>=8", "chex>=0.1.88", "tensorboardX>=2.6"],
         # Accelerator builds of the same jax range: `pip install -e .[cuda13]`
         # resolves jax and its plugin together, within the bounds above.
         "cuda12": ["jax[cuda12]"],
