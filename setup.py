@@ -7,8 +7,11 @@ setup(
     description="SimCLR contrastive self-supervised learning in JAX/Flax.",
     packages=find_packages(include=["simclr_jax", "simclr_jax.*"]),
     python_requires=">=3.10",
+    # Tested with jax 0.8.0 + flax 0.11.0 and jax 0.10.2 + flax 0.12.8 (what
+    # pip serves for Python 3.11); the JAX APIs used were checked against
+    # JAX's source after 0.11.0. jax 0.11+ needs Python 3.12+.
     install_requires=[
-        "jax>=0.8,<0.11",
+        "jax>=0.8,<0.13",
         "flax>=0.11,<0.13",
         "optax>=0.2.5,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
@@ -25,5 +28,13 @@ setup(
         "pillow>=10",
         "matplotlib>=3.8",
     ],
-    extras_require={"test": ["pytest>=8", "chex>=0.1.88"]},
+    extras_require={
+        # tensorboardX: the writer fallback without clu is tested too.
+        "test": ["pytest>=8", "chex>=0.1.88", "tensorboardX>=2.6"],
+        # Accelerator builds of the same jax range: `pip install -e .[cuda13]`
+        # resolves jax and its plugin together, within the bounds above.
+        "cuda12": ["jax[cuda12]"],
+        "cuda13": ["jax[cuda13]"],
+        "tpu": ["jax[tpu]"],
+    },
 )

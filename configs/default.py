@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0  # parameter init, data order and augmentation randomness
 
   config.data = data = ml_collections.ConfigDict()
-  data.source = "digits"  # digits | tfds | folder
+  data.source = "digits"  # digits | tfds | folder | synthetic (JAX-made, no files, no TensorFlow)
   data.name = ""  # TFDS builder name when source == 'tfds' (e.g. 'cifar10')
   data.data_dir = ""  # TFDS data_dir, or the image-folder root; '' = TFDS default
   data.train_split = "train"  # split used for training
@@ -34,6 +34,14 @@ def get_config() -> ml_collections.ConfigDict:
   data.holdout_seed = 0  # folder: seed of the held-out images
   data.fit_sizes = False  # lower batch, kNN k and picture sizes that exceed a small dataset (with a log line)
   data.fast_jpeg = False  # JPEG sources: decode only each view's crop window, cheap blur (same distribution)
+  # The synthetic source (benchmarks, debugging): example i has label i mod C and
+  # a smooth random colour pattern of its class plus noise; views add noise.
+  data.synthetic_train_examples = 50_000  # synthetic: examples of train_split (sets the epoch)
+  data.synthetic_eval_examples = 10_000  # synthetic: examples of eval_split
+  data.synthetic_num_classes = 10  # synthetic: classes C
+  data.synthetic_grid = 4  # synthetic: class pattern = grid x grid random colours, resized
+  data.synthetic_noise = 0.1  # synthetic: std of the per-example and per-view noise
+  data.synthetic_seed = 0  # synthetic: seed of the patterns and noise (the dataset itself)
 
   config.aug = aug = ml_collections.ConfigDict()
   aug.num_views = 2  # augmented views per image (2 = SimCLR)

@@ -19,7 +19,7 @@ from typing import Any, Dict
 import jax
 import jax.numpy as jnp
 
-from simclr_jax.data import photometric
+from simclr_jax.data import common
 
 # tf.image.rgb_to_grayscale's luma weights.
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
@@ -46,10 +46,10 @@ def sample_params(key: jax.Array, num: int, aug_cfg: Any) -> Params:
   """
   keys = jax.random.split(key, 10)
   s = float(aug_cfg.color_strength)
-  b = photometric.BRIGHTNESS_PER_STRENGTH * s
-  c = photometric.CONTRAST_PER_STRENGTH * s
-  sat = photometric.SATURATION_PER_STRENGTH * s
-  h = photometric.HUE_PER_STRENGTH * s
+  b = common.BRIGHTNESS_PER_STRENGTH * s
+  c = common.CONTRAST_PER_STRENGTH * s
+  sat = common.SATURATION_PER_STRENGTH * s
+  h = common.HUE_PER_STRENGTH * s
   u = lambda k, lo, hi: jax.random.uniform(k, (num,), jnp.float32, lo, hi)
   factors = jnp.stack([u(keys[0], max(0.0, 1.0 - b), 1.0 + b),
                        u(keys[1], 1.0 - c, 1.0 + c),
@@ -59,7 +59,7 @@ def sample_params(key: jax.Array, num: int, aug_cfg: Any) -> Params:
   order = jnp.argsort(jax.random.uniform(keys[4], (num, NUM_COLOR_OPS)), -1)
   coin = lambda k, p: jax.random.uniform(k, (num,)) < p
   # op_prob is 0 for an op switched off (aug.flip, ...), as on the host.
-  prob = lambda op: photometric.op_prob(aug_cfg, op)
+  prob = lambda op: common.op_prob(aug_cfg, op)
   return {
       "flip": coin(keys[5], prob("flip")),
       "color": coin(keys[6], prob("color_jitter")),
@@ -215,7 +215,7 @@ def augment_image(image: jax.Array, params: Params, aug_cfg: Any) -> jax.Array:
   image = jnp.where(params["color"], jittered, image)
   image = jnp.where(params["gray"], to_grayscale(image), image)
   if aug_cfg.blur:
-    size = photometric.blur_kernel_size(int(image.shape[0]),
+    size = common.blur_kernel_size(int(image.shape[0]),
                                         aug_cfg.blur_kernel_frac)
     blurred = gaussian_blur(image, size, params["sigma"])
     image = jnp.where(params["blur"], blurred, image)

@@ -14,7 +14,7 @@ from simclr_jax import losses
 from simclr_jax import optim
 
 MODES = ("pretrain", "linear_eval", "finetune", "distill")
-SOURCES = ("digits", "tfds", "folder")
+SOURCES = ("digits", "tfds", "folder", "synthetic")
 DEPTHS = (18, 34, 50, 101, 152, 200)
 STEMS = ("cifar", "imagenet", "auto")
 DTYPES = ("float32", "bfloat16")
@@ -92,6 +92,8 @@ def validate(config: ml_collections.ConfigDict,
   if config.data.source == "folder" and not config.data.data_dir:
     _fail("data.data_dir", config.data.data_dir, "the image-folder root is "
           "required when data.source='folder'")
+  if config.data.source == "synthetic":
+    _validate_synthetic(config)
   _check_in(config, "model.depth", DEPTHS)
   _check_in(config, "model.stem", STEMS)
   _check_in(config, "model.dtype", DTYPES)
@@ -240,6 +242,28 @@ def _validate_distill(config: ml_collections.ConfigDict) -> None:
     _fail("distill.temperature", config.distill.temperature, "must be > 0")
   if config.distill.label_weight < 0:
     _fail("distill.label_weight", config.distill.label_weight, "must be >= 0")
+
+
+def _validate_synthetic(config: ml_collections.ConfigDict) -> None:
+  """Checks the `data.synthetic_*` fields that the synthetic source reads."""
+  data = config.data
+  for field in ("synthetic_train_examples", "synthetic_eval_examples",
+                "synthetic_grid"):
+    if not isinstance(data[field], int) or data[field] < 1:
+      _fail(f"data.{field}", data[field], "a positive integer is required")
+  if not isinstance(data.synthetic_num_classes, int) or (
+      data.synthetic_num_classes < 2):
+    _fail("data.synthetic_num_classes", data.synthetic_num_classes,
+          "an integer >= 2 is required")
+  if data.synthetic_grid > data.image_size:
+    _fail("data.synthetic_grid", data.synthetic_grid,
+          f"must be <= data.image_size={data.image_size}")
+  if data.synthetic_noise < 0:
+    _fail("data.synthetic_noise", data.synthetic_noise, "must be >= 0")
+  if config.viz.enabled:
+    # The augmentation preview and embedding map read image files.
+    _fail("viz.enabled", True, "the pictures need a file or TFDS source; "
+          "set viz.enabled=False with data.source='synthetic'")
 
 
 SIGNALS = ("auto", "on", "off")

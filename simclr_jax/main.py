@@ -1,7 +1,8 @@
 """Entry point: python -m simclr_jax.main --config=configs/X.py --workdir=DIR.
 
-Thin by design: parse flags, keep TensorFlow off the accelerators, initialise
-multi-host JAX when asked, look the mode up and print its results.
+Thin by design: parse flags, initialise multi-host JAX when asked, look the
+mode up and print its results. TensorFlow is not imported here: only a tf.data
+pipeline loads it (`simclr_jax.data.tf_host`, which keeps it off the GPUs/TPUs).
 """
 
 import sys
@@ -34,9 +35,8 @@ def main(argv):
   from simclr_jax import config as config_lib
   config = FLAGS.config
   config_lib.validate(config)  # before any device, data or compile work
-  # TensorFlow is only the input pipeline: importing the data package hides
-  # GPUs/TPUs from it before any TF op runs.
-  from simclr_jax import data  # pylint: disable=unused-import
+  # TensorFlow, only where a tf.data pipeline is built, is kept off the
+  # GPUs/TPUs by `simclr_jax.data.tf_host` before any TF op runs.
   # Multi-host start-up comes before any other JAX use.
   distributed.initialize_from_flags(config)
   import jax

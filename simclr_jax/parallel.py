@@ -3,6 +3,11 @@
 Every collective in the library (BatchNorm statistics, the loss's all_gather,
 gradient and metric means) names the same axis, `AXIS`, so that the per-replica
 code reads exactly like the pmap code it replaces.
+
+This is also the one place that knows which JAX it runs on (jax 0.8 to 0.12):
+the mesh's axis type is stated (`Auto`) instead of left to a default that
+`jax.make_mesh` already gives differently (`Explicit`), and `shard_map` is
+taken from `jax` when it is there and from `jax.experimental` otherwise.
 """
 
 from typing import Any, Callable, Optional, Sequence
@@ -15,6 +20,20 @@ from jax.sharding import PartitionSpec as P
 # The single data-parallel axis. Used by BatchNorm, the losses and every pmean.
 AXIS = "batch"
 
+# Auto axes: arrays outside the mapped step may be resharded by XLA as needed
+# (the behaviour this code is written for); under Explicit axes some global
+# ops would raise instead. None where JAX predates axis types.
+_AUTO_AXIS = getattr(getattr(jax.sharding, "AxisType", None), "Auto", None)
+
+
+def _shard_map():
+  """`jax.shard_map` (jax >= 0.7) or the experimental one, as (fn, kwargs)."""
+  if hasattr(jax, "shard_map"):
+    # check_vma=False: pmap's semantics (see `per_replica`).
+    return jax.shard_map, {"check_vma": False}
+  from jax.experimental.shard_map import shard_map  # pylint: disable=g-import-not-at-top
+  return shard_map, {"check_rep": False}
+
 
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   """Returns a one-axis mesh over all (global) devices.
@@ -26,7 +45,9 @@ def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     A `Mesh` with the single axis `AXIS`.
   """
   devices = list(jax.devices() if devices is None else devices)
-  return Mesh(np.asarray(devices), (AXIS,))
+  if _AUTO_AXIS is None:
+    return Mesh(np.asarray(devices), (AXIS,))
+  return Mesh(np.asarray(devices), (AXIS,), axis_types=(_AUTO_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -56,27 +77,35 @@ def per_replica(fn: Callable[..., Any], mesh: Mesh, in_specs: Any,
   Returns:
     The mapped function (not jitted; wrap it in `jax.jit`).
   """
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                       check_vma=False)
+  shard_map, checks = _shard_map()
+  return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                   **checks)
 
 
 def host_to_global(mesh: Mesh, tree: Any) -> Any:
   """Turns this host's batch (NumPy) into global arrays split over `AXIS`.
 
   Each process passes its own rows; the global leading dimension is the sum
-  over processes.
+  over processes. Arrays that already are global and split over `AXIS` (the
+  synthetic source makes its batches on the devices) pass through untouched.
 
   Args:
     mesh: the device mesh.
-    tree: pytree of host-local NumPy arrays with a common leading dimension.
+    tree: pytree of host-local NumPy arrays with a common leading dimension,
+      or of global arrays already split over the batch axis.
 
   Returns:
     The same pytree of global `jax.Array`s sharded along the batch axis.
   """
   sharding = batch_sharding(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-      tree)
+
+  def put(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding,
+                                                                x.ndim):
+      return x
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+  return jax.tree.map(put, tree)
 
 
 def replicate(mesh: Mesh, tree: Any) -> Any:

@@ -194,3 +194,22 @@ def test_converted_official_checkpoint_embeds_with_its_crop(tmp_path):
     meta = json.load(f)
   del meta["preprocessing"]
   assert ckpt_lib.preprocessing(meta)["crop_proportion"] == 0.875
+
+
+def test_evaluate_takes_image_size_and_crop_from_the_export(pretrained):
+  from configs import digits_linear  # pylint: disable=g-import-not-at-top
+  from simclr_jax.tools import evaluate  # pylint: disable=g-import-not-at-top
+  meta_path = os.path.join(pretrained["export"], "meta.json")
+  with open(meta_path) as f:
+    recorded = json.load(f)["preprocessing"]
+  config = digits_linear.get_config()
+  config.data.image_size, config.aug.eval_crop_proportion = 40, 0.5
+  evaluate._take_preprocessing_from_export(  # pylint: disable=protected-access
+      config, pretrained["export"], ["evaluate"])
+  assert config.data.image_size == recorded["image_size"] == 16
+  assert config.aug.eval_crop_proportion == recorded["crop_proportion"]
+  # A value given on the command line wins.
+  config.data.image_size = 40
+  evaluate._take_preprocessing_from_export(  # pylint: disable=protected-access
+      config, pretrained["export"], ["evaluate", "--config.data.image_size=40"])
+  assert config.data.image_size == 40

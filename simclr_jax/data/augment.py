@@ -9,7 +9,7 @@ there is no mean/std normalisation (as in the official SimCLR `data_util.py`).
 
 from typing import Any, Tuple
 
-import tensorflow as tf
+from simclr_jax.data.tf_host import tf
 
 from simclr_jax import config as config_lib
 from simclr_jax.data import photometric

@@ -27,7 +27,7 @@ reference decode and the same per-view code.
 import functools
 from typing import Any, List
 
-import tensorflow as tf
+from simclr_jax.data.tf_host import tf
 
 from simclr_jax.data import augment
 from simclr_jax.data import photometric

@@ -28,7 +28,7 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-import tensorflow as tf
+from simclr_jax.data.tf_host import tf
 from absl import logging
 
 from simclr_jax import config as config_lib

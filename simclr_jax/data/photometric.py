@@ -9,39 +9,19 @@ saturation and hue, random op order, clipping to [0, 1] after each op).
 import functools
 from typing import Any, Callable, Tuple
 
-import tensorflow as tf
+from simclr_jax.data.tf_host import tf
 
-# The official `color_jitter` defines the strength s through these factors:
-# brightness/contrast/saturation span 1 +- 0.8 s and hue +- 0.2 s.
-BRIGHTNESS_PER_STRENGTH = 0.8
-CONTRAST_PER_STRENGTH = 0.8
-SATURATION_PER_STRENGTH = 0.8
-HUE_PER_STRENGTH = 0.2
+# The official constants, shared with the JAX port (`simclr_jax.augment_jax`).
+# pylint: disable=unused-import
+from simclr_jax.data.common import BRIGHTNESS_PER_STRENGTH
+from simclr_jax.data.common import CONTRAST_PER_STRENGTH
+from simclr_jax.data.common import HUE_PER_STRENGTH
+from simclr_jax.data.common import SATURATION_PER_STRENGTH
+from simclr_jax.data.common import blur_kernel_size
+from simclr_jax.data.common import op_prob
+# pylint: enable=unused-import
 
 Seed = tf.Tensor
-
-# Each probabilistic op's on/off switch in `config.aug` and its probability.
-SWITCHED_PROBS = {"flip": "flip_prob", "color_jitter": "color_prob",
-                  "grayscale": "grayscale_prob", "blur": "blur_prob"}
-
-
-def op_prob(aug_cfg: Any, switch: str) -> float:
-  """The probability of an op, 0 when its switch (`aug.<switch>`) is off.
-
-  Every reader of a probability goes through here (host, fast and on-device
-  paths alike), so an op switched off is off everywhere; the random draws are
-  the same either way, so the other ops' randomness does not move.
-
-  Args:
-    aug_cfg: the `config.aug` ConfigDict.
-    switch: a key of `SWITCHED_PROBS`.
-
-  Returns:
-    The configured probability, or 0.0.
-  """
-  on = aug_cfg.get(switch, True)  # configs written before the switches
-  return float(aug_cfg[SWITCHED_PROBS[switch]]) if on else 0.0
-
 
 def _uniform(seed: Seed, low: float, high: float, shape=()) -> tf.Tensor:
   return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
@@ -216,20 +196,6 @@ def random_color_distortion(image: tf.Tensor, seed: Seed, aug_cfg: Any,
                        image)
   return random_apply(grayscale_fn, op_prob(aug_cfg, "grayscale"), gray_seed,
                       image)
-
-
-def blur_kernel_size(side: int, kernel_frac: float) -> int:
-  """Official blur kernel size: r = int(side * kernel_frac) // 2, size 2r + 1.
-
-  Args:
-    side: image side in pixels.
-    kernel_frac: kernel side as a fraction of the image side.
-
-  Returns:
-    The odd kernel side (1 means no blur).
-  """
-  radius = int(side * kernel_frac) // 2
-  return 2 * radius + 1
 
 
 def gaussian_blur(image: tf.Tensor, kernel_size: int,

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
-import tensorflow as tf
+from simclr_jax.data.tf_host import tf
 
 from simclr_jax import config as config_lib
 from simclr_jax.data import augment
@@ -399,30 +399,3 @@ def make_eval_iterator(data_cfg: Any, aug_cfg: Any, split: str,
       tf.data.Dataset.from_tensors(padding).repeat(num_batches * b - n))
   ds = ds.batch(b, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   return ds.with_options(_options()).as_numpy_iterator()
-
-
-def class_balanced_subset(labels: np.ndarray, fraction: float,
-                          seed: int) -> np.ndarray:
-  """Indices of a class-balanced labelled subset (e.g. 1% or 10% labels).
-
-  Each class c keeps max(1, round(fraction * count_c)) examples, chosen by a
-  permutation from `seed`.
-
-  Args:
-    labels: int [N] labels of the split.
-    fraction: fraction of each class to keep, in (0, 1].
-    seed: selection seed; the same seed gives the same indices.
-
-  Returns:
-    Sorted int64 indices into `labels`.
-  """
-  if not 0 < fraction <= 1:
-    raise ValueError(f"fraction = {fraction!r} is invalid: allowed (0, 1].")
-  labels = np.asarray(labels)
-  rng = np.random.default_rng(seed)
-  chosen = []
-  for c in np.unique(labels):
-    members = np.flatnonzero(labels == c)
-    k = max(1, round(fraction * len(members)))
-    chosen.append(rng.permutation(members)[:k])
-  return np.sort(np.concatenate(chosen)).astype(np.int64)

@@ -21,36 +21,18 @@ import functools
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
+
+# tf_host first: it hides the accelerators before TFDS loads TensorFlow.
+from simclr_jax.data.tf_host import tf  # pylint: disable=g-bad-import-order
+import tensorflow_datasets as tfds  # pylint: disable=g-bad-import-order
 
 from simclr_jax import config as config_lib
 from simclr_jax.data import folders
+from simclr_jax.data.common import DatasetInfo
 
 SOURCES = ("digits", "tfds", "folder")
 DIGITS_SPLITS = ("train", "test")
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What the training code needs to know about a dataset.
-
-  Attributes:
-    num_examples: examples per split, for the configured train and eval splits.
-    num_classes: number of classes.
-    image_shape: shape of a stored image (None for a side that varies); for
-      digits the native 8 x 8 x 3.
-    labelled: whether the examples have class labels (unlabelled image
-      folders have none: label 0 everywhere, num_classes 0).
-    has_eval: whether there is an eval split (an image folder without one
-      and without a held-out fraction has none: evaluation is skipped).
-  """
-  num_examples: Dict[str, int]
-  num_classes: int
-  image_shape: Tuple[Optional[int], Optional[int], int]
-  labelled: bool = True
-  has_eval: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -409,7 +409,8 @@ def resume(workdir: str, keep: int, target: Any, start_over: bool = False
       check_shapes(saved, target, where)
     except ValueError as e:
       if not start_over:
-        raise ValueError(
+        # A ConfigError: the commands print it without a traceback (exit 2).
+        raise config_lib.ConfigError(
             f"{e}\nThe workdir holds checkpoints of a different model. Use "
             "another --workdir, or set config.train.start_over=True (now "
             "False) to move them aside and start at step 0.") from None

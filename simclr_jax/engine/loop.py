@@ -164,6 +164,10 @@ def _resumed(mode: Mode, job: Job, config: ml_collections.ConfigDict,
         ev.start(writer, start)
     logging.info("%s: %d steps, %d devices", job.description or mode.name,
                  job.total_steps, jax.device_count())
+    if config.data.source == "synthetic":
+      logging.warning("data.source='synthetic': generated images, for "
+                      "benchmarks and debugging; no result of this run is a "
+                      "result on real data")
     state = _train(job, config, state, start, checkpointer, writer, guard)
     results = _evaluate_final(job, config, state, writer, guard)
     if job.finish is not None:
@@ -279,6 +283,8 @@ def _evaluate_final(job: Job, config: ml_collections.ConfigDict, state: Any,
   """The end of a run: every evaluator, stoppable by a signal."""
   results = dict(job.results)
   results.setdefault("step", int(job.total_steps))
+  # Stated beside every number: a synthetic run measures the program only.
+  results["data_source"] = config.data.source
   results["config"] = config.to_dict()
   results.update(_evaluate(job, state, job.total_steps, writer,
                            periodic_only=False, guard=guard,

@@ -11,8 +11,9 @@
       --skip_train --memory --grad_chunks=1,2,4,8
 
 The input pipeline is timed alone (host tf.data, all views augmented); the
-train step is timed alone on a batch already on the devices, so each figure
-says what that part can sustain. `--sample_jpegs` reads scikit-learn's bundled
+train step is timed alone on a batch made on the devices by the synthetic
+source (no files, no TensorFlow), so each figure says what that part can
+sustain. `--sample_jpegs` reads scikit-learn's bundled
 photos (427x640), JPEG-encoded into a temporary image folder, as an offline
 stand-in for ImageNet files. `--input_paths` times the host paths in turns
 (one timing of each, then again, `--repeats` rounds, so a slow spell of a
@@ -116,7 +117,7 @@ def time_input(config, num_batches: int) -> float:
 
 
 def time_train_step(config, steps: int, warmup: int):
-  """Images/s of the pretraining step on a synthetic batch on the devices.
+  """Images/s of the pretraining step on a synthetic batch made on the devices.
 
   Args:
     config: the full config.
@@ -127,21 +128,22 @@ def time_train_step(config, steps: int, warmup: int):
     (images_per_sec, compile_seconds, step_fn, state, device_batch).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
+  from simclr_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from simclr_jax.modes import pretrain  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
+  if config.data.source == "synthetic":
+    config.viz.enabled = False  # nothing is drawn here
   config_lib.validate(config, jax.device_count(), jax.process_count())
   batch = config.train.global_batch
   sched = config_lib.Schedule(steps_per_epoch=1, total_steps=10 ** 6,
                               warmup_steps=0, peak_lr=1e-3)
   _, _, _, state, step_fn = pretrain.build_pretrain(config, 10, sched, mesh)
-  size, views = config.data.image_size, config.aug.num_views
-  rng = np.random.default_rng(0)
-  host = {"images": rng.uniform(size=(batch, views, size, size, 3)).astype(
-      np.float32), "labels": rng.integers(0, 10, batch).astype(np.int32)}
-  device_batch = parallel.host_to_global(mesh, host)
+  # Made on the devices (the synthetic source), whatever config.data says:
+  # this times the step alone, and needs no files and no TensorFlow.
+  device_batch = next(synthetic.train_batches(
+      config.data, config.aug.num_views, batch, config.seed, mesh=mesh))
   t0 = time.perf_counter()
   state, metrics = step_fn(state, device_batch)
   jax.block_until_ready(metrics)

@@ -4,17 +4,43 @@
 
 runs linear eval, the fast probe and kNN (mode linear_eval) or fine-tuning
 (mode finetune) through the one training loop and writes the results JSON to
---workdir (default EXPORT_eval).
+--workdir (default EXPORT_eval). The image size and evaluation crop come from
+the export (its recorded preprocessing) unless given on the command line.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from simclr_jax.engine import logs
 
 EVAL_MODES = ("linear_eval", "finetune")
+
+
+# Config fields the export's recorded preprocessing sets, and its keys.
+_FROM_EXPORT = (("data.image_size", "image_size"),
+                ("aug.eval_crop_proportion", "crop_proportion"))
+
+
+def _take_preprocessing_from_export(config, export: str, argv) -> None:
+  """Sets image size and crop from the export, unless given as flags."""
+  from simclr_jax.engine import checkpoint  # pylint: disable=g-import-not-at-top
+  try:
+    pre = checkpoint.preprocessing(checkpoint.read_export_meta(export))
+  except (ValueError, OSError):
+    return  # not an export: the loader names the problem
+  for field, key in _FROM_EXPORT:
+    if any(a.startswith(f"--config.{field}=") for a in argv):
+      continue
+    section, name = field.split(".")
+    value = type(config[section][name])(pre[key])
+    if value != config[section][name]:
+      logging.info("%s=%s from the export (the config says %s)", field, value,
+                   config[section][name])
+      config[section][name] = value
 
 
 def main(argv) -> None:
@@ -33,6 +59,7 @@ def main(argv) -> None:
   config = fv.config
   with config.unlocked():
     config.init.export = fv.export
+  _take_preprocessing_from_export(config, fv.export, sys.argv)
   if config.mode not in EVAL_MODES:
     config_lib.fail("mode", config.mode, f"allowed values here are "
                     f"{EVAL_MODES}")
