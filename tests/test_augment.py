@@ -266,8 +266,12 @@ def test_eval_center_crop(h, w, top, left, side):
                          method="bicubic")[0].numpy()
   got = augment.preprocess_eval(tf.constant(x), 16, 0.875).numpy()
   np.testing.assert_allclose(got, np.clip(want, 0, 1), atol=1e-6)
+  # At 1.0 the central square of the shorter side: the proportions are kept.
+  s = min(h, w)
+  t, l = (h - s + 1) // 2, (w - s + 1) // 2
   full = augment.preprocess_eval(tf.constant(x), 16, 1.0).numpy()
-  want_full = tf.image.resize(x[None], [16, 16], method="bicubic")[0].numpy()
+  want_full = tf.image.resize(x[None, t:t + s, l:l + s], [16, 16],
+                              method="bicubic")[0].numpy()
   np.testing.assert_allclose(full, np.clip(want_full, 0, 1), atol=1e-6)
 
 

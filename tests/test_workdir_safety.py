@@ -338,3 +338,15 @@ def test_dead_runs_temp_folders_are_removed_at_the_next_start(tmp_path,
   assert not stale.exists() and live.exists()
   assert path == str(tmp_path / f"{workdir_lib.TEMP_PREFIX}{os.getpid()}")
   assert tempfile.gettempdir() == path
+
+
+def test_fields_added_since_a_workdir_was_made_are_not_changes():
+  from configs import digits  # pylint: disable=g-import-not-at-top
+  from simclr_jax.engine import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = digits.get_config("tiny")
+  stored = config.to_dict()
+  del stored["eval"]["signals"]  # as written before the field existed
+  assert workdir_lib.changed_fields(stored, config) == []
+  config.loss.temperature = 0.3  # a real change still counts
+  assert workdir_lib.changed_fields(stored, config) == [
+      "loss.temperature: 0.2 -> 0.3"]

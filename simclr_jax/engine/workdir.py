@@ -26,6 +26,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 import jax
+from absl import logging
 import ml_collections
 
 from simclr_jax import config as config_lib
@@ -109,6 +110,10 @@ def changed_fields(stored: Dict[str, Any],
                    config: ml_collections.ConfigDict) -> List[str]:
   """Fields (other than `FREE_ON_RESUME`) whose values differ from `stored`.
 
+  A field absent from `stored` was added to simclr_jax after the workdir was
+  made; new fields default to the earlier behaviour, so they are logged, not
+  counted as changes.
+
   Args:
     stored: the config a workdir's checkpoints were made with (JSON).
     config: the configuration of this start.
@@ -119,9 +124,13 @@ def changed_fields(stored: Dict[str, Any],
   old = _flat(stored)
   new = _flat(json.loads(json.dumps(config.to_dict(), default=str)))
   out = []
+  added = sorted(set(new) - set(old))
+  if added and old:
+    logging.info("Fields added since this workdir was made (not compared): "
+                 "%s", ", ".join(added))
   for key in sorted(set(old) | set(new)):
     if any(key == f or (f.endswith(".") and key.startswith(f))
-           for f in FREE_ON_RESUME):
+           for f in FREE_ON_RESUME) or key in added:
       continue
     if old.get(key, "<absent>") != new.get(key, "<absent>"):
       out.append(f"{key}: {old.get(key, '<absent>')!r} -> "
