@@ -135,3 +135,54 @@ def test_on_device_augmentation_matches_reference_statistics(folder):
     assert np.all(np.abs(os_[key].mean(0) - rs[key].mean(0)) < 3 * se + 1e-3), key
   p = config.aug.grayscale_prob
   assert abs(os_["gray"].mean() - rs["gray"].mean()) < 3 * np.sqrt(2 * p * (1 - p) / n)
+
+
+# A stand-in for the official tf2/data_util.py: the official signatures, and
+# operations whose effect on a batch is known (resize only; "blur" halves).
+_STAND_IN = '''
+import tensorflow.compat.v2 as tf
+
+
+def preprocess_for_train(image, height, width, color_jitter_strength=0.,
+                         crop=True, flip=True, impl="simclrv2"):
+  del color_jitter_strength, crop, flip, impl
+  return tf.clip_by_value(tf.image.resize(image, [height, width]), 0., 1.)
+
+
+def batch_random_blur(images_list, height, width, blur_probability=0.5):
+  del height, width, blur_probability
+  return [images * 0.5 for images in images_list]
+'''
+
+
+def test_benchmark_times_the_official_code_beside_ours(folder, tmp_path,
+                                                        capsys):
+  from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from simclr_jax.tools import official_pipeline  # pylint: disable=g-import-not-at-top
+  checkout = tmp_path / "simclr"
+  (checkout / "tf2").mkdir(parents=True)
+  (checkout / "tf2" / "data_util.py").write_text(_STAND_IN)
+  data_util = official_pipeline.load_data_util(str(checkout))
+  files = sorted(tf.io.gfile.glob(folder + "/train/*/*.jpg"))
+  batch = next(official_pipeline.official_batches(data_util, files, 4, SIZE,
+                                                  1.0, blur=True))
+  assert batch.shape == (4, SIZE, SIZE, 6)
+  # Every row is a file resized (both views), then halved by the "blur".
+  resized = [tf.image.resize(tf.image.convert_image_dtype(
+      tf.io.decode_jpeg(tf.io.read_file(f)), tf.float32), [SIZE, SIZE]
+                             ).numpy().clip(0, 1) * 0.5 for f in files]
+  for row in batch:
+    assert min(np.abs(row[..., :3] - r).max() for r in resized) < 1e-5
+    np.testing.assert_allclose(row[..., 3:], row[..., :3], atol=1e-6)
+  config = _config(folder)
+  config.train.global_batch = 8
+  medians = benchmark.print_input_paths(config, ["official", "reference"], 1,
+                                        2, str(checkout))
+  out = capsys.readouterr().out
+  assert set(medians) == {"official", "reference"}
+  assert min(medians.values()) > 0
+  assert "x the official code" in out
+  benchmark.print_input_paths(config, ["official", "reference"], 1, 1, None)
+  assert "[official]: skipped" in capsys.readouterr().out
+  with pytest.raises(config_lib.ConfigError, match="--official_code"):
+    official_pipeline.load_data_util(str(tmp_path))

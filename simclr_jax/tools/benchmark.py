@@ -20,7 +20,11 @@ stand-in for ImageNet files. `--input_paths` times the host paths in turns
 shared host hits every path alike) and prints each median, and its ratio to
 `reference` when that path is timed too: `reference` (the official-semantics
 ops), `fast` (`data.fast_jpeg`) and `on_device_host` (the host half of
-`aug.on_device`: decode, crop and resize only).
+`aug.on_device`: decode, crop and resize only). With
+`--official_code=PATH` (your checkout of google-research/simclr) the path
+`official` times the official TF2 augmentation over the same files, in the
+same turns, and every path is also printed as a ratio to it; without the
+path `official` is reported as skipped.
 
 `--flops` adds the achieved FLOP/s of the step (XLA cost analysis / step
 time) next to a measured matmul rate in the model's dtype, and the step time
@@ -34,6 +38,7 @@ import gc
 import os
 import tempfile
 import time
+from typing import Any, Optional
 
 from absl import flags
 from ml_collections import config_flags
@@ -54,7 +59,10 @@ flags.DEFINE_bool("skip_input", False, "Do not time the input pipeline.")
 flags.DEFINE_bool("skip_train", False, "Do not time the train step.")
 flags.DEFINE_list("input_paths", ["config"],
                   "Host paths to time: config (as configured), reference, "
-                  "fast, on_device_host.")
+                  "fast, on_device_host, official.")
+flags.DEFINE_string("official_code", None, "A checkout of "
+                    "google-research/simclr (root or tf2/), for the "
+                    "'official' input path.")
 flags.DEFINE_integer("repeats", 1, "Timings per figure (the median is shown).")
 flags.DEFINE_bool("flops", False, "Achieved FLOP/s, matmul rate, mean-loss "
                   "step.")
@@ -90,24 +98,37 @@ def write_sample_jpeg_folder(root: str, copies: int) -> str:
   return root
 
 
+OFFICIAL = "official"  # the official TF2 augmentation (--official_code)
 INPUT_PATHS = {  # --input_paths name -> (data.fast_jpeg, aug.on_device)
     "reference": (False, False), "fast": (True, False),
     "on_device_host": (False, True)}
 
 
-def time_input(config, num_batches: int) -> float:
+def time_input(config, num_batches: int, official: Any = None) -> float:
   """Images/s of the host pretraining pipeline (all views augmented).
 
   Args:
     config: the full config (data, aug, train.global_batch, seed).
     num_batches: timed batches, after two untimed ones.
+    official: the official `data_util` module: time its augmentation over
+      the same training files instead of ours.
 
   Returns:
     Images per second.
   """
   from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  it = data_lib.make_pretrain_iterator(config.data, config.aug,
-                                       config.train.global_batch, config.seed)
+  if official is not None:
+    from simclr_jax.data import folders  # pylint: disable=g-import-not-at-top
+    from simclr_jax.tools import official_pipeline  # pylint: disable=g-import-not-at-top
+    files, _ = folders.split_files(config.data, config.data.train_split)
+    it = official_pipeline.official_batches(
+        official, files, config.train.global_batch,
+        int(config.data.image_size), float(config.aug.color_strength),
+        bool(config.aug.blur), config.seed)
+  else:
+    it = data_lib.make_pretrain_iterator(config.data, config.aug,
+                                         config.train.global_batch,
+                                         config.seed)
   next(it)  # start-up: file listing, caching, first fill of the buffers
   next(it)
   t0 = time.perf_counter()
@@ -160,17 +181,18 @@ def time_train_step(config, steps: int, warmup: int):
 
 
 def _with_input_path(config, name: str):
-  if name == "config":
+  if name in ("config", OFFICIAL):
     return config
   if name not in INPUT_PATHS:
     raise ValueError(f"--input_paths entry {name!r} is invalid: allowed "
-                     f"config, {', '.join(INPUT_PATHS)}.")
+                     f"config, {', '.join(INPUT_PATHS)}, {OFFICIAL}.")
   c = config.copy_and_resolve_references()
   c.data.fast_jpeg, c.aug.on_device = INPUT_PATHS[name]
   return c
 
 
-def print_input_paths(config, names, repeats: int, num_batches: int):
+def print_input_paths(config, names, repeats: int, num_batches: int,
+                      official_code: Optional[str] = None):
   """Times each host input path, round-robin, and prints medians and ratios.
 
   The paths take turns (reference, fast, ..., reference, fast, ...) so that
@@ -182,21 +204,34 @@ def print_input_paths(config, names, repeats: int, num_batches: int):
     names: `--input_paths` entries.
     repeats: timings per path.
     num_batches: batches per timing.
+    official_code: a checkout of the official code, for `official`.
 
   Returns:
     {name: median images/s}.
   """
   configs = {name: _with_input_path(config, name) for name in names}
+  official = None
+  if OFFICIAL in names:
+    if official_code:
+      from simclr_jax.tools import official_pipeline  # pylint: disable=g-import-not-at-top
+      official = official_pipeline.load_data_util(official_code)
+    else:
+      print(f"input pipeline [{OFFICIAL}]: skipped, no --official_code "
+            "(a checkout of google-research/simclr); no ratio to it")
+      names = [n for n in names if n != OFFICIAL]
   runs = {name: [] for name in names}
   for _ in range(max(1, repeats)):
     for name in names:
-      runs[name].append(time_input(configs[name], num_batches))
+      runs[name].append(time_input(configs[name], num_batches,
+                                   official if name == OFFICIAL else None))
       gc.collect()  # drop the timed iterator's threads and buffers
   medians = {name: sorted(r)[len(r) // 2] for name, r in runs.items()}
   for name in names:
     ips = medians[name]
     ratio = (f", {ips / medians['reference']:.2f} x the reference path"
              if "reference" in medians and name != "reference" else "")
+    if OFFICIAL in medians and name != OFFICIAL:
+      ratio += f", {ips / medians[OFFICIAL]:.2f} x the official code"
     print(f"input pipeline [{name}]: {ips:.1f} images/s "
           f"({ips * config.aug.num_views:.1f} views/s){ratio}, median of "
           f"{len(runs[name])}: {', '.join(f'{r:.1f}' for r in runs[name])}")
@@ -222,7 +257,7 @@ def main(argv):
         f"width={config.model.width} global_batch={config.train.global_batch}")
   if not FLAGS.skip_input:
     print_input_paths(config, FLAGS.input_paths, FLAGS.repeats,
-                      FLAGS.input_batches)
+                      FLAGS.input_batches, FLAGS.official_code)
   if not FLAGS.skip_train:
     ips, compile_s, step_fn, state, batch = time_train_step(
         config, FLAGS.steps, FLAGS.warmup_steps)
