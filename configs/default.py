@@ -64,6 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   aug.blur_sigma_max = 2.0
   aug.blur_kernel_frac = 0.1  # blur kernel side as a fraction of the image side
   aug.on_device = False  # pretraining: host only crops; flip/colour/grayscale/blur run in the train step
+  aug.on_device_on_accelerators = False  # pretraining on a GPU/TPU backend: set aug.on_device (logged; CPU keeps the host path)
   aug.eval_crop_proportion = 1.0  # centre-crop fraction at eval (0.875 ImageNet)
 
   config.model = model = ml_collections.ConfigDict()

@@ -23,6 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.aug.color_strength = 1.0
   config.aug.blur = True
   config.aug.eval_crop_proportion = 0.875
+  # The fastest input path tested equal to the reference: on a GPU/TPU the
+  # host only decodes the crop windows and resizes, the step does the rest;
+  # on a CPU the host does everything, decoding only the crop windows.
+  config.aug.on_device_on_accelerators = True
+  config.data.fast_jpeg = True
   config.model.depth = 50
   config.model.stem = "imagenet"
   config.model.head_layers = 3

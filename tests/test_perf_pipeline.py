@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from configs import cifar10
 from configs import imagenet
 from simclr_jax import augment_jax
 from simclr_jax.tools import benchmark
@@ -119,10 +120,31 @@ def test_on_device_host_part_is_the_reference_crop(folder):
   assert best < 1e-3
 
 
+def test_accelerator_configs_choose_on_device_augmentation(folder):
+  for make in (imagenet.get_config, cifar10.get_config):
+    config = make()
+    assert augment_jax.choose_input_path(config, "gpu") and config.aug.on_device
+    config = make()
+    assert not augment_jax.choose_input_path(config, "cpu")
+    assert not config.aug.on_device
+  # Only where the config asks, and only for pretraining.
+  config = _config(folder)
+  config.aug.on_device_on_accelerators = False
+  assert not augment_jax.choose_input_path(config, "tpu")
+  config = _config(folder)
+  config.mode = "linear_eval"
+  assert not augment_jax.choose_input_path(config, "gpu")
+
+
 def test_on_device_augmentation_matches_reference_statistics(folder):
-  """Host crop + JAX photometric ops vs the all-host reference, by statistics."""
+  """Host crop + JAX photometric ops vs the all-host reference, by statistics.
+
+  The on-device path is the one an accelerator config chooses by default.
+  """
   ref = _batches(_config(folder), num=4)
-  config = _config(folder, on_device=True)
+  config = _config(folder)
+  config.data.fast_jpeg = False
+  assert augment_jax.choose_input_path(config, "gpu")  # as on a GPU
   host = _batches(config, num=4)
   out = np.asarray(jax.jit(lambda k, x: augment_jax.augment_batch(
       k, x, config.aug))(jax.random.PRNGKey(0), host))

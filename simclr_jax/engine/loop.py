@@ -192,7 +192,9 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
   Unlabelled data or data without an eval split also turn off, in `config`
   and with a log line, the evaluations they cannot support.
   """
+  from simclr_jax import augment_jax  # pylint: disable=g-import-not-at-top
   from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  augment_jax.choose_input_path(config, jax.default_backend())
   info = data_lib.dataset_info(config.data)
   config_lib.adapt_to_data(config, info.labelled, info.has_eval)
   num_eval = (info.num_examples[config.data.eval_split] if info.has_eval
