@@ -208,3 +208,16 @@ def test_benchmark_times_the_official_code_beside_ours(folder, tmp_path,
   assert "[official]: skipped" in capsys.readouterr().out
   with pytest.raises(config_lib.ConfigError, match="--official_code"):
     official_pipeline.load_data_util(str(tmp_path))
+
+
+def test_benchmark_device_augmentation_cost_runs(capsys):
+  from configs import digits  # pylint: disable=g-import-not-at-top
+  config = digits.get_config("tiny")
+  config.train.global_batch = 16
+  added = benchmark.print_device_aug_cost(config, steps=1, warmup=0)
+  out = capsys.readouterr().out
+  import re  # pylint: disable=g-import-not-at-top
+  with_ms, without_ms = map(float, re.search(
+      r"step ([0-9.]+) ms with it, ([0-9.]+) ms without", out).groups())
+  assert abs(with_ms / without_ms - 1 - added) < 0.02
+  assert f"adds {added * 100:.1f}%" in out

@@ -26,6 +26,8 @@ ops), `fast` (`data.fast_jpeg`) and `on_device_host` (the host half of
 same turns, and every path is also printed as a ratio to it; without the
 path `official` is reported as skipped.
 
+`--device_aug_cost` times the step with and without on-device augmentation
+on the same batch and prints the share the augmentation adds.
 `--flops` adds the achieved FLOP/s of the step (XLA cost analysis / step
 time) next to a measured matmul rate in the model's dtype, and the step time
 of the same model's forward+backward with the loss replaced by a plain mean.
@@ -63,6 +65,9 @@ flags.DEFINE_list("input_paths", ["config"],
 flags.DEFINE_string("official_code", None, "A checkout of "
                     "google-research/simclr (root or tf2/), for the "
                     "'official' input path.")
+flags.DEFINE_bool("device_aug_cost", False, "Time the train step with and "
+                  "without on-device augmentation on the same batch and "
+                  "print what the augmentation adds.")
 flags.DEFINE_integer("repeats", 1, "Timings per figure (the median is shown).")
 flags.DEFINE_bool("flops", False, "Achieved FLOP/s, matmul rate, mean-loss "
                   "step.")
@@ -180,6 +185,40 @@ def time_train_step(config, steps: int, warmup: int):
           state, device_batch)
 
 
+def print_device_aug_cost(config, steps: int, warmup: int,
+                          repeats: int = 1) -> float:
+  """The device side of `aug.on_device`: its share of a train step.
+
+  Times the pretraining step of `config`'s model on the same synthetic batch
+  with `aug.on_device` off (the batch is taken as finished views) and on
+  (flip, colour, grayscale and blur run inside the step), in turns.
+
+  Args:
+    config: the full config.
+    steps: timed steps per timing.
+    warmup: untimed steps after the compile.
+    repeats: timings of each (the median is used).
+
+  Returns:
+    The fraction the augmentation adds to the step time.
+  """
+  times = {False: [], True: []}
+  for _ in range(max(1, repeats)):
+    for on in (False, True):
+      c = config.copy_and_resolve_references()
+      c.aug.on_device = on
+      ips = time_train_step(c, steps, warmup)[0]
+      times[on].append(c.train.global_batch / ips)
+      gc.collect()
+  off, on = (sorted(times[k])[len(times[k]) // 2] for k in (False, True))
+  added = on / off - 1.0
+  print(f"on-device augmentation: step {on * 1e3:.1f} ms with it, "
+        f"{off * 1e3:.1f} ms without (same batch of "
+        f"{config.train.global_batch}, {config.data.image_size} px): adds "
+        f"{added * 100:.1f}% to the step")
+  return added
+
+
 def _with_input_path(config, name: str):
   if name in ("config", OFFICIAL):
     return config
@@ -267,6 +306,9 @@ def main(argv):
       from simclr_jax.tools import perf_report  # pylint: disable=g-import-not-at-top
       perf_report.print_flops(config, step_fn, state, batch, ips,
                               FLAGS.steps)
+  if FLAGS.device_aug_cost:
+    print_device_aug_cost(config, FLAGS.steps, FLAGS.warmup_steps,
+                          FLAGS.repeats)
   if FLAGS.memory:
     from simclr_jax.tools import perf_report  # pylint: disable=g-import-not-at-top
     perf_report.print_loss_memory(config,
