@@ -221,3 +221,20 @@ def test_benchmark_device_augmentation_cost_runs(capsys):
       r"step ([0-9.]+) ms with it, ([0-9.]+) ms without", out).groups())
   assert abs(with_ms / without_ms - 1 - added) < 0.02
   assert f"adds {added * 100:.1f}%" in out
+
+
+def test_host_profile_covers_every_stage(folder, capsys):
+  from simclr_jax.tools import host_profile  # pylint: disable=g-import-not-at-top
+  files = sorted(tf.io.gfile.glob(folder + "/train/*/*.jpg"))
+  aug = imagenet.get_config().aug
+  rows = host_profile.profile(files, SIZE, aug, batch=4, num_images=8)
+  assert [r["stage"] for r in rows] == [s for s, _ in host_profile.STAGES]
+  costs = np.array([r["ms_per_image"] for r in rows])
+  np.testing.assert_allclose(np.cumsum(costs),
+                             [r["cumulative_ms"] for r in rows], rtol=1e-9)
+  assert rows[0]["cumulative_ms"] > 0  # decoding a photo takes time
+  blur = rows[[s for s, _ in host_profile.STAGES].index("blur")]
+  assert blur["expected_ms"] == pytest.approx(blur["ms_per_image"] *
+                                              aug.blur_prob)
+  host_profile.print_profile(rows)
+  assert "host-to-device copy" in capsys.readouterr().out

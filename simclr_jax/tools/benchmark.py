@@ -26,7 +26,8 @@ ops), `fast` (`data.fast_jpeg`) and `on_device_host` (the host half of
 same turns, and every path is also printed as a ratio to it; without the
 path `official` is reported as skipped.
 
-`--device_aug_cost` times the step with and without on-device augmentation
+`--host_profile` prints where the host's time goes per image (each stage
+of the reference pipeline, `tools/host_profile.py`). `--device_aug_cost` times the step with and without on-device augmentation
 on the same batch and prints the share the augmentation adds.
 `--flops` adds the achieved FLOP/s of the step (XLA cost analysis / step
 time) next to a measured matmul rate in the model's dtype, and the step time
@@ -42,6 +43,7 @@ import tempfile
 import time
 from typing import Any, Optional
 
+from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -65,6 +67,10 @@ flags.DEFINE_list("input_paths", ["config"],
 flags.DEFINE_string("official_code", None, "A checkout of "
                     "google-research/simclr (root or tf2/), for the "
                     "'official' input path.")
+flags.DEFINE_bool("host_profile", False, "Print where the host's time goes "
+                  "per image: decode, crop and resize, each colour op, "
+                  "grayscale, blur, batching, the copy to the devices.")
+flags.DEFINE_integer("profile_images", 128, "Images timed per profile stage.")
 flags.DEFINE_bool("device_aug_cost", False, "Time the train step with and "
                   "without on-device augmentation on the same batch and "
                   "print what the augmentation adds.")
@@ -306,6 +312,16 @@ def main(argv):
       from simclr_jax.tools import perf_report  # pylint: disable=g-import-not-at-top
       perf_report.print_flops(config, step_fn, state, batch, ips,
                               FLAGS.steps)
+  if FLAGS.host_profile:
+    from simclr_jax.data import folders  # pylint: disable=g-import-not-at-top
+    from simclr_jax.tools import host_profile  # pylint: disable=g-import-not-at-top
+    if config.data.source != "folder":
+      raise app.UsageError("--host_profile reads image files: use "
+                           "--sample_jpegs or a folder source")
+    files, _ = folders.split_files(config.data, config.data.train_split)
+    host_profile.print_profile(host_profile.profile(
+        files, int(config.data.image_size), config.aug,
+        config.train.global_batch, FLAGS.profile_images))
   if FLAGS.device_aug_cost:
     print_device_aug_cost(config, FLAGS.steps, FLAGS.warmup_steps,
                           FLAGS.repeats)
