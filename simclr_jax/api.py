@@ -154,10 +154,11 @@ class Encoder:
 
   def preprocess(self, images: Images) -> np.ndarray:
     """float32 [N, S, S, 3]: the network input for each image."""
-    if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (
-        images.ndim == 2 or images.shape[-1] not in (1, 3, 4)):
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+      # A lone [H, W, C] array would be read as H images of one row each.
       raise ValueError(f"images of shape {images.shape} are invalid: need "
-                       "[N, H, W, C] or a list of [H, W, C] arrays")
+                       "[N, H, W, C] or a list of [H, W, C] arrays (one "
+                       "image: image[None] or [image])")
     return np.stack([preprocess(im, self.image_size, self.crop_proportion)
                      for im in images]) if len(images) else np.zeros(
                          (0, self.image_size, self.image_size, 3), np.float32)

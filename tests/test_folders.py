@@ -180,3 +180,26 @@ def test_fit_sizes_only_with_the_flag():
   assert config.train.global_batch == 16
   assert 0 < config.viz.tsne_perplexity < 2
   ml_collections.ConfigDict(config.to_dict())  # still a plain config
+
+
+def test_a_tree_at_the_root_skips_only_the_eval_folder(tmp_path):
+  """ROOT/test is the eval split; ROOT/test2 is training data like any other."""
+  for i, sub in enumerate(("", "test", "test2", "test2")):
+    _write(os.path.join(tmp_path, sub, f"{i}.png"), 8, 8, i)
+  cfg = _cfg(tmp_path)
+  train, _ = folders.split_files(cfg, "train")
+  held, _ = folders.split_files(cfg, "test")
+  assert sorted(os.path.relpath(p, tmp_path) for p in train) == [
+      "0.png", os.path.join("test2", "2.png"), os.path.join("test2", "3.png")]
+  assert [os.path.relpath(p, tmp_path) for p in held] == [
+      os.path.join("test", "1.png")]
+
+
+def test_a_single_image_array_is_refused_with_the_fix():
+  image = np.zeros((20, 30, 3), np.uint8)
+  encoder = api.Encoder.__new__(api.Encoder)  # preprocess needs no model
+  encoder.image_size, encoder.crop_proportion = 8, 1.0
+  with pytest.raises(ValueError, match="image\\[None\\]"):
+    encoder.preprocess(image)
+  assert encoder.preprocess(image[None]).shape == (1, 8, 8, 3)
+  assert encoder.preprocess([image, image[:10]]).shape == (2, 8, 8, 3)

@@ -82,7 +82,8 @@ def _walk_images(root: str, exclude: Optional[str] = None) -> List[str]:
   """Image paths under `root` (recursive), sorted by relative path."""
   found = []
   for dirpath, dirnames, filenames in tf.io.gfile.walk(root):
-    if exclude and os.path.normpath(dirpath).startswith(exclude):
+    here = os.path.normpath(dirpath)
+    if exclude and (here == exclude or here.startswith(exclude + os.sep)):
       continue
     if any(part.startswith(".") for part in
            os.path.relpath(dirpath, root).split(os.sep) if part != "."):
