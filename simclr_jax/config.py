@@ -352,9 +352,13 @@ def fit_sizes(config: ml_collections.ConfigDict, num_train: int,
 
   fit_train = max(num_devices, num_train // num_devices * num_devices)
   lower("train", "global_batch", fit_train)
-  lower("viz", "heatmap_batch", fit_train)
-  lower("viz", "preview_images", num_train)
-  lower("eval", "knn_k", max(1, num_train))
+  if uses_knn(config):
+    lower("eval", "knn_k", max(1, num_train))
+  if not config.viz.enabled:
+    num_eval = None  # no pictures: nothing else to fit
+  else:
+    lower("viz", "heatmap_batch", fit_train)
+    lower("viz", "preview_images", num_train)
   if num_eval:
     points = min(int(config.viz.tsne_points), num_eval)
     # sklearn's t-SNE needs perplexity < points; a third keeps it stable.
