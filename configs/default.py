@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.holdout_seed = 0  # folder: seed of the held-out images
   data.fit_sizes = False  # lower batch, kNN k and picture sizes that exceed a small dataset (with a log line)
   data.fast_jpeg = False  # JPEG sources: decode only each view's crop window, cheap blur (same distribution)
+  data.fast_jpeg_dct = False  # fast_jpeg / on_device: decode windows whose crops are >= 2, 4, 8x the output side at that fraction (DCT-scaled; close to, not equal to, the reference)
   # The synthetic source (benchmarks, debugging): example i has label i mod C and
   # a smooth random colour pattern of its class plus noise; views add noise.
   data.synthetic_train_examples = 50_000  # synthetic: examples of train_split (sets the epoch)

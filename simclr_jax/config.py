@@ -94,6 +94,11 @@ def validate(config: ml_collections.ConfigDict,
           "required when data.source='folder'")
   if config.data.source == "synthetic":
     _validate_synthetic(config)
+  if config.data.get("fast_jpeg_dct", False) and not (
+      config.data.get("fast_jpeg", False) or config.aug.get("on_device", False)
+      or config.aug.get("on_device_on_accelerators", False)):
+    _fail("data.fast_jpeg_dct", True, "it is a mode of the fast JPEG path: "
+          "set data.fast_jpeg=True (or aug.on_device=True) with it")
   _check_in(config, "model.depth", DEPTHS)
   _check_in(config, "model.stem", STEMS)
   _check_in(config, "model.dtype", DTYPES)

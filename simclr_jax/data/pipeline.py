@@ -273,9 +273,11 @@ def make_pretrain_iterator(data_cfg: Any, aug_cfg: Any, global_batch: int,
 
   def view_fn(image, key, size):
     if use_fast:  # bytes when the source is encoded, else decoded pixels
-      views_of = (fast.encoded_views if image.dtype == tf.string
-                  else fast.decoded_views)
-      return views_of(image, key, size, aug_cfg, on_device)
+      if image.dtype == tf.string:
+        return fast.encoded_views(
+            image, key, size, aug_cfg, on_device,
+            dct=bool(data_cfg.get("fast_jpeg_dct", False)))
+      return fast.decoded_views(image, key, size, aug_cfg, on_device)
     keys = tf.random.experimental.stateless_split(key, views)
     return tf.stack([augment.preprocess_pretrain(image, keys[v], size, aug_cfg)
                      for v in range(views)])

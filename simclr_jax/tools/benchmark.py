@@ -15,12 +15,15 @@ train step is timed alone on a batch made on the devices by the synthetic
 source (no files, no TensorFlow), so each figure says what that part can
 sustain. `--sample_jpegs` reads scikit-learn's bundled
 photos (427x640), JPEG-encoded into a temporary image folder, as an offline
-stand-in for ImageNet files. `--input_paths` times the host paths in turns
+stand-in for ImageNet files; `--sample_scale=6` enlarges them first
+(2562x3840, about 10 megapixels, like a phone camera's photos). `--input_paths` times the host paths in turns
 (one timing of each, then again, `--repeats` rounds, so a slow spell of a
 shared host hits every path alike) and prints each median, and its ratio to
 `reference` when that path is timed too: `reference` (the official-semantics
-ops), `fast` (`data.fast_jpeg`) and `on_device_host` (the host half of
-`aug.on_device`: decode, crop and resize only). With
+ops), `fast` (`data.fast_jpeg`), `on_device_host` (the host half of
+`aug.on_device`: decode, crop and resize only), and `fast_dct` /
+`on_device_host_dct` (the same with `data.fast_jpeg_dct`: large crops
+decoded at 1/2, 1/4 or 1/8 scale). With
 `--official_code=PATH` (your checkout of google-research/simclr) the path
 `official` times the official TF2 augmentation over the same files, in the
 same turns, and every path is also printed as a ratio to it; without the
@@ -59,11 +62,15 @@ flags.DEFINE_bool("sample_jpegs", False,
                   "Use scikit-learn's sample photos as a JPEG image folder.")
 flags.DEFINE_integer("sample_copies", 64,
                      "Copies of each sample photo in the JPEG folder.")
+flags.DEFINE_integer("sample_scale", 1,
+                     "Enlarge the sample photos this many times (bicubic) "
+                     "before encoding: 6 gives 2562x3840 (10 megapixels).")
 flags.DEFINE_bool("skip_input", False, "Do not time the input pipeline.")
 flags.DEFINE_bool("skip_train", False, "Do not time the train step.")
 flags.DEFINE_list("input_paths", ["config"],
                   "Host paths to time: config (as configured), reference, "
-                  "fast, on_device_host, official.")
+                  "fast, on_device_host, fast_dct, on_device_host_dct, "
+                  "official.")
 flags.DEFINE_string("official_code", None, "A checkout of "
                     "google-research/simclr (root or tf2/), for the "
                     "'official' input path.")
@@ -85,12 +92,13 @@ flags.DEFINE_list("grad_chunks", ["1", "2", "4"],
 flags.mark_flags_as_required(["config"])
 
 
-def write_sample_jpeg_folder(root: str, copies: int) -> str:
+def write_sample_jpeg_folder(root: str, copies: int, scale: int = 1) -> str:
   """Writes scikit-learn's sample photos as JPEGs in root/train/<class>/.
 
   Args:
     root: directory to create the folder in.
     copies: files per photo (each class holds one photo's copies).
+    scale: enlarge each photo this many times (bicubic) first.
 
   Returns:
     The image-folder root.
@@ -98,21 +106,24 @@ def write_sample_jpeg_folder(root: str, copies: int) -> str:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
-  photos = load_sample_images().images
+  photos = [Image.fromarray(np.asarray(p)) for p in load_sample_images().images]
+  if scale > 1:
+    photos = [p.resize((p.width * scale, p.height * scale), Image.BICUBIC)
+              for p in photos]
   for split in ("train", "test"):
     for c, photo in enumerate(photos):
       d = os.path.join(root, split, f"photo{c}")
       os.makedirs(d, exist_ok=True)
       for i in range(copies if split == "train" else 2):
-        Image.fromarray(np.asarray(photo)).save(
-            os.path.join(d, f"{i:05d}.jpg"), quality=90)
+        photo.save(os.path.join(d, f"{i:05d}.jpg"), quality=90)
   return root
 
 
 OFFICIAL = "official"  # the official TF2 augmentation (--official_code)
-INPUT_PATHS = {  # --input_paths name -> (data.fast_jpeg, aug.on_device)
-    "reference": (False, False), "fast": (True, False),
-    "on_device_host": (False, True)}
+INPUT_PATHS = {  # --input_paths name -> (fast_jpeg, on_device, fast_jpeg_dct)
+    "reference": (False, False, False), "fast": (True, False, False),
+    "on_device_host": (False, True, False),
+    "fast_dct": (True, False, True), "on_device_host_dct": (False, True, True)}
 
 
 def time_input(config, num_batches: int, official: Any = None) -> float:
@@ -232,7 +243,7 @@ def _with_input_path(config, name: str):
     raise ValueError(f"--input_paths entry {name!r} is invalid: allowed "
                      f"config, {', '.join(INPUT_PATHS)}, {OFFICIAL}.")
   c = config.copy_and_resolve_references()
-  c.data.fast_jpeg, c.aug.on_device = INPUT_PATHS[name]
+  c.data.fast_jpeg, c.aug.on_device, c.data.fast_jpeg_dct = INPUT_PATHS[name]
   return c
 
 
@@ -291,8 +302,8 @@ def main(argv):
   if FLAGS.sample_jpegs:
     tmp = tempfile.TemporaryDirectory()
     config.data.source = "folder"
-    config.data.data_dir = write_sample_jpeg_folder(tmp.name,
-                                                    FLAGS.sample_copies)
+    config.data.data_dir = write_sample_jpeg_folder(
+        tmp.name, FLAGS.sample_copies, FLAGS.sample_scale)
     config.data.train_split, config.data.eval_split = "train", "test"
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, "
         f"host CPUs: {os.cpu_count()}")
