@@ -247,6 +247,35 @@ def test_host_profile_covers_every_stage(folder, capsys):
                                               aug.blur_prob)
   host_profile.print_profile(rows)
   assert "host-to-device copy" in capsys.readouterr().out
+  fast_rows = host_profile.profile(files, SIZE, aug, batch=4, num_images=8,
+                                   path="fast")
+  assert [r["stage"] for r in fast_rows] == [
+      s for s, _ in host_profile.FAST_STAGES]
+  np.testing.assert_allclose(np.cumsum([r["ms_per_image"] for r in fast_rows]),
+                             [r["cumulative_ms"] for r in fast_rows],
+                             rtol=1e-9)
+  assert fast_rows[0]["cumulative_ms"] > 0
+
+
+def test_fast_profile_stages_build_the_fast_views(folder):
+  """Each fast-profile prefix is the fast path with the ops so far, p = 1."""
+  from simclr_jax.tools import host_profile  # pylint: disable=g-import-not-at-top
+  path = sorted(tf.io.gfile.glob(folder + "/train/*/*.jpg"))[0]
+  aug = imagenet.get_config().aug
+  index = tf.constant(5, tf.int64)
+  key = tf.stack([index, tf.constant(0, tf.int64)])
+  encoded = tf.io.read_file(path)
+  crops = host_profile._make_fast(1, SIZE, aug)(path, index).numpy()  # pylint: disable=protected-access
+  np.testing.assert_array_equal(
+      crops, fast.encoded_views(encoded, key, SIZE, aug, True).numpy())
+  every_op = aug.copy_and_resolve_references()
+  every_op.flip_prob = every_op.color_prob = every_op.grayscale_prob = 1.0
+  every_op.blur_prob = 1.0
+  full = host_profile._make_fast(5, SIZE, aug)(path, index).numpy()  # pylint: disable=protected-access
+  np.testing.assert_allclose(
+      full, fast.encoded_views(encoded, key, SIZE, every_op).numpy(), atol=0)
+  # Grayscale with probability 1: every view's channels are equal.
+  np.testing.assert_allclose(full[..., 0], full[..., 2], atol=1e-6)
 
 
 def test_dct_level_is_the_largest_ratio_every_crop_allows():

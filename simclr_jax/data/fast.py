@@ -270,9 +270,18 @@ def _window_views(encoded: tf.Tensor, shape: tf.Tensor, boxes, lo, hi,
   return out
 
 
-def _jpeg_views(encoded: tf.Tensor, key: Seed, size: int, aug_cfg: Any,
-                on_device: bool, dct: bool = False) -> tf.Tensor:
-  """Views of a JPEG, decoding only the union window of their crops."""
+def jpeg_crop_boxes(encoded: tf.Tensor, key: Seed, aug_cfg: Any):
+  """The views' seeds and crop boxes from the JPEG header, and their union.
+
+  Args:
+    encoded: scalar string tensor holding a JPEG.
+    key: int tensor [2], the example's augmentation key.
+    aug_cfg: the `config.aug` ConfigDict.
+
+  Returns:
+    (shape [H, W, 3], per-view seeds, per-view (begin, size) boxes, union
+    window start [y, x], union window end [y, x]); int32.
+  """
   hw = tf.io.extract_jpeg_shape(encoded, output_type=tf.int32)[:2]
   shape = tf.concat([hw, [3]], 0)
   all_seeds = view_seeds(key, int(aug_cfg.num_views))
@@ -280,7 +289,14 @@ def _jpeg_views(encoded: tf.Tensor, key: Seed, size: int, aug_cfg: Any,
   boxes = [(tf.cast(b, tf.int32), tf.cast(n, tf.int32)) for b, n in boxes]
   tops = tf.stack([b[0][:2] for b in boxes])  # [V, 2] (y, x)
   ends = tf.stack([b[0][:2] + b[1][:2] for b in boxes])
-  lo, hi = tf.reduce_min(tops, 0), tf.reduce_max(ends, 0)
+  return (shape, all_seeds, boxes, tf.reduce_min(tops, 0),
+          tf.reduce_max(ends, 0))
+
+
+def _jpeg_views(encoded: tf.Tensor, key: Seed, size: int, aug_cfg: Any,
+                on_device: bool, dct: bool = False) -> tf.Tensor:
+  """Views of a JPEG, decoding only the union window of their crops."""
+  shape, all_seeds, boxes, lo, hi = jpeg_crop_boxes(encoded, key, aug_cfg)
   views_at = functools.partial(_window_views, encoded, shape, boxes, lo, hi,
                                size)
   if dct:

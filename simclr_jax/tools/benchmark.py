@@ -30,7 +30,8 @@ same turns, and every path is also printed as a ratio to it; without the
 path `official` is reported as skipped.
 
 `--host_profile` prints where the host's time goes per image (each stage
-of the reference pipeline, `tools/host_profile.py`). `--device_aug_cost` times the step with and without on-device augmentation
+of the reference pipeline, then of the `data.fast_jpeg` path,
+`tools/host_profile.py`). `--device_aug_cost` times the step with and without on-device augmentation
 on the same batch and prints the share the augmentation adds.
 `--flops` adds the achieved FLOP/s of the step (XLA cost analysis / step
 time) next to a measured matmul rate in the model's dtype, and the step time
@@ -330,9 +331,10 @@ def main(argv):
       raise app.UsageError("--host_profile reads image files: use "
                            "--sample_jpegs or a folder source")
     files, _ = folders.split_files(config.data, config.data.train_split)
-    host_profile.print_profile(host_profile.profile(
-        files, int(config.data.image_size), config.aug,
-        config.train.global_batch, FLAGS.profile_images))
+    for path in ("reference", "fast"):
+      host_profile.print_profile(host_profile.profile(
+          files, int(config.data.image_size), config.aug,
+          config.train.global_batch, FLAGS.profile_images, path), path)
   if FLAGS.device_aug_cost:
     print_device_aug_cost(config, FLAGS.steps, FLAGS.warmup_steps,
                           FLAGS.repeats)
