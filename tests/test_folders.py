@@ -16,6 +16,7 @@ from PIL import Image
 from configs import folder as folder_config
 from simclr_jax import api
 from simclr_jax import config as config_lib
+from simclr_jax import config_data
 from simclr_jax import data
 from simclr_jax.data import folders
 from simclr_jax.engine import loop
@@ -114,7 +115,7 @@ def test_no_holdout_means_no_eval_split_and_evaluations_off(tmp_path, caplog):
   # A mode that needs an eval split says so before anything is built.
   config.mode = "linear_eval"
   with pytest.raises(config_lib.ConfigError, match="needs labelled data"):
-    config_lib.adapt_to_data(config, labelled=False, has_eval=False)
+    config_data.adapt_to_data(config, labelled=False, has_eval=False)
 
 
 def test_unlabelled_pretraining_turns_label_evals_off(tmp_path, caplog):
@@ -173,10 +174,10 @@ def test_every_format_decodes_in_the_folder_source(tmp_path):
 def test_fit_sizes_only_with_the_flag():
   config = folder_config.get_config()
   config.data.fit_sizes = False
-  config_lib.fit_sizes(config, 20, 2, 1)
+  config_data.fit_sizes(config, 20, 2, 1)
   assert config.train.global_batch == folder_config.BATCH
   config.data.fit_sizes = True
-  config_lib.fit_sizes(config, 20, 2, 8)
+  config_data.fit_sizes(config, 20, 2, 8)
   assert config.train.global_batch == 16
   assert 0 < config.viz.tsne_perplexity < 2
   ml_collections.ConfigDict(config.to_dict())  # still a plain config

@@ -30,6 +30,7 @@ import ml_collections
 from absl import logging
 
 from simclr_jax import config as config_lib
+from simclr_jax import config_data
 from simclr_jax import distributed
 from simclr_jax import parallel
 from simclr_jax.engine import checkpoint as ckpt_lib
@@ -196,12 +197,12 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
   from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   augment_jax.choose_input_path(config, jax.default_backend())
   info = data_lib.dataset_info(config.data)
-  config_lib.adapt_to_data(config, info.labelled, info.has_eval)
+  config_data.adapt_to_data(config, info.labelled, info.has_eval)
   num_eval = (info.num_examples[config.data.eval_split] if info.has_eval
               else None)
   num_train = info.num_examples[config.data.train_split]
-  config_lib.fit_sizes(config, num_train, num_eval, jax.device_count())
-  config_lib.validate_data(config, num_train, num_eval)
+  config_data.fit_sizes(config, num_train, num_eval, jax.device_count())
+  config_data.validate_data(config, num_train, num_eval)
   if info.has_eval:
     # Image files of the eval split are read first after training: a corrupt
     # one must fail (or be skipped and counted) before the first step.

@@ -17,6 +17,7 @@ import optax
 
 from simclr_jax import augment_jax
 from simclr_jax import config as config_lib
+from simclr_jax import config_data
 from simclr_jax import gradcache
 from simclr_jax import losses
 from simclr_jax import optim
@@ -220,7 +221,7 @@ def pretrain_evaluators(config: ml_collections.ConfigDict, model,
     evaluators.append(knn.KnnEval(config, feats, num_classes, mesh))
   if config.eval.final_probe:
     evaluators.append(fast_probe.FastProbeEval(config, feats, num_classes))
-  if config_lib.uses_signals(config):
+  if config_data.uses_signals(config):
     evaluators.append(signals.SignalsEval(config, model, mesh))
   if config.viz.enabled:
     from simclr_jax.evals import pictures  # pylint: disable=g-import-not-at-top
