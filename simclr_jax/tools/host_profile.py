@@ -31,7 +31,8 @@ STAGES: Tuple[Tuple[str, Any], ...] = (
     ("host-to-device copy", None))
 FAST_STAGES: Tuple[Tuple[str, Any], ...] = (
     ("read + decode crop window", None), ("crop + resize (2 views)", None),
-    ("flip", "flip_prob"), ("colour jitter (4 ops)", "color_prob"),
+    ("flip + draws + clip", "flip_prob"),
+    ("colour jitter (4 ops)", "color_prob"),
     ("grayscale", "grayscale_prob"), ("blur", "blur_prob"),
     ("batching", None), ("host-to-device copy", None))
 _VIEWS = 2
