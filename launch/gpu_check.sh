@@ -11,7 +11,9 @@
 #   tests   TensorFlow-free tests with TF/TFDS/clu blocked: on 8 forced CPU
 #           devices (JAX_PLATFORMS=cpu), then the device-agnostic ones on GPU
 #   bench   ResNet-50, 224 px, bfloat16 pretraining step on synthetic data,
-#           one process per batch size (its own peak memory)
+#           one process per batch size (its own peak memory), on-device
+#           augmentation in the step; then one batch size again without it
+#           (what the augmentation adds to the step)
 #   matmul  square-matmul rate of one chip in the model's dtype (bf16), same run
 #   table   images/s per chip, achieved FLOP/s, fraction of the matmul rate,
 #           peak memory, compile time (rows of stages that failed are absent)
@@ -49,6 +51,7 @@ if [ "$dry" = 1 ]; then
   config="$repo/configs/synthetic.py:tiny"
   batches="4 8"
   bench_flags="--steps=3 --warmup_steps=1"
+  pair_batch=4; pair_flags="--config.aug.on_device=True"
   matmul_side=256
   cpu_tests="tests/test_synthetic.py"
   gpu_tests="tests/test_tf_free.py::test_blocker_acts_like_a_missing_package"
@@ -58,14 +61,15 @@ else
   config="$repo/configs/synthetic.py"
   batches="64 128 256"
   bench_flags="--steps=20 --warmup_steps=3"
+  pair_batch=128; pair_flags="--config.aug.on_device=False"
   matmul_side=8192
   cpu_tests="tests/test_synthetic.py tests/test_writer.py tests/test_losses.py
     tests/test_knn.py tests/test_layout.py tests/test_progress.py
     tests/test_tf_free.py"
   gpu_tests="tests/test_tf_free.py"  # the worker: synthetic data made on the GPU
   gpu_platform="cuda"
-  # 15 + 120 + 75 + 3 x 75 + 20 = 455 s at most, under 8 minutes.
-  t_env=15; t_cpu=120; t_gpu=75; t_bench=75; t_matmul=20
+  # 15 + 100 + 70 + 4 x 70 + 10 = 475 s at most, under 8 minutes.
+  t_env=15; t_cpu=100; t_gpu=70; t_bench=70; t_matmul=10
 fi
 
 if [ -n "$wheels" ]; then
@@ -107,6 +111,11 @@ for b in $batches; do
   JAX_PLATFORMS="$gpu_platform" stage "bench ${b}/chip" "$t_bench" \
     "${tool[@]}" --stage=bench --per_chip_batch="$b" $bench_flags
 done
+# The same step with the other aug.on_device setting: the augmentation's share.
+# shellcheck disable=SC2086
+JAX_PLATFORMS="$gpu_platform" stage "bench ${pair_batch}/chip, other aug.on_device" \
+  "$t_bench" "${tool[@]}" --stage=bench --per_chip_batch="$pair_batch" \
+  --paired $pair_flags $bench_flags
 JAX_PLATFORMS="$gpu_platform" stage matmul "$t_matmul" "${tool[@]}" \
   --stage=matmul --matmul_side="$matmul_side"
 echo "== table ($out)"

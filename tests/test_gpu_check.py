@@ -14,9 +14,9 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "launch", "gpu_check.sh")
-TIMEOUT_S = 600  # five stages, two small compiles each, on a shared host
+TIMEOUT_S = 600  # six stages, two small compiles each, on a shared host
 STAGES = ("env", "tests on CPU devices", "tests on cpu", "bench 4/chip",
-          "bench 8/chip", "matmul")
+          "bench 8/chip", "bench 4/chip, other aug.on_device", "matmul")
 
 
 def test_dry_run_runs_every_stage_and_prints_the_table(tmp_path):
@@ -43,9 +43,17 @@ def test_dry_run_runs_every_stage_and_prints_the_table(tmp_path):
     assert float(ips) > 0 and float(tflops) > 0 and float(frac) > 0
     assert float(mem) > 0 and float(compile_s) > 0
   assert "ResNet-18, 16 px, float32, synthetic data, no augmentation" in out
+  # The paired row: batch 4 again with on-device augmentation, and its share
+  # of the step computed from the two rows' own figures.
+  with_ips, without_ips, added = map(float, re.search(
+      r"^on-device augmentation at 4/chip: ([\d.]+) images/s/chip with it, "
+      r"([\d.]+) without: adds (-?[\d.]+)% to the step$", out, re.M).groups())
+  assert with_ips > 0 and without_ips == float(rows[0][1])
+  assert abs(added - (without_ips / with_ips - 1) * 100) < 0.2
   assert "all stages passed" in out
   assert sorted(os.listdir(tmp_path)) == [
-      "bench_00004.json", "bench_00008.json", "env.json", "matmul.json"]
+      "bench_00004.json", "bench_00004_paired.json", "bench_00008.json",
+      "env.json", "matmul.json"]
 
 
 def test_unknown_argument_is_refused_in_one_line():

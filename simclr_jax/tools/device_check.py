@@ -9,7 +9,9 @@
 Each `bench` run is its own process, so its peak memory is its own; it
 times the pretraining step (`tools.benchmark.time_train_step`, a batch made
 by the synthetic source on the devices) and writes one JSON row to
-`DIR/bench_<per_chip_batch>.json` as soon as it has it. `matmul` measures
+`DIR/bench_<per_chip_batch>.json` (`..._aug.json` with `aug.on_device`) as
+soon as it has it; a batch size timed both with and without on-device
+augmentation gives the table's line of what the augmentation adds. `matmul` measures
 the square-matmul rate of one chip in the model's compute dtype. `table`
 prints whatever rows exist: a stage that failed or ran out of time leaves
 its row out and the others stand.
@@ -31,6 +33,9 @@ flags.DEFINE_enum("stage", None, ["env", "bench", "matmul", "table"],
                   "What to run.")
 flags.DEFINE_string("out", None, "Folder of the JSON rows.")
 flags.DEFINE_integer("per_chip_batch", 64, "bench: images per chip per step.")
+flags.DEFINE_bool("paired", False, "bench: this row times the other "
+                  "aug.on_device variant of a table row (set on the command "
+                  "line), for the augmentation's share of the step.")
 flags.DEFINE_integer("matmul_side", 8192, "matmul: side of the square "
                      "operands.")
 
@@ -138,8 +143,11 @@ def table_lines(out: str) -> list:
   """The table of `out`'s rows: a header and one line per batch size."""
   matmul = _read(os.path.join(out, "matmul.json"))
   rate = matmul["matmul_flops_per_sec"] if matmul else None
-  rows = sorted((_read(p) for p in glob.glob(os.path.join(out,
-                                                          "bench_*.json"))),
+  every = [r for r in (_read(p) for p in glob.glob(
+      os.path.join(out, "bench_*.json"))) if r]
+  # The table's rows are the configured variant; a row of the other variant
+  # at the same batch ("paired") gives the augmentation's share.
+  rows = sorted((r for r in every if not r.get("paired")),
                 key=lambda r: r["per_chip_batch"])
   lines = ["| batch/chip | images/s/chip | TFLOP/s/chip | of matmul rate | "
            "peak memory MiB | compile s |",
@@ -152,6 +160,19 @@ def table_lines(out: str) -> list:
                  f"{r['images_per_sec_per_chip']:.1f} | "
                  f"{r['flops_per_sec_per_chip'] / 1e12:.3f} | {frac} | {mem} "
                  f"| {r['compile_s']:.1f} |")
+  for pair in sorted((r for r in every if r.get("paired")),
+                     key=lambda r: r["per_chip_batch"]):
+    same = [r for r in rows if r["per_chip_batch"] == pair["per_chip_batch"]]
+    if not same or same[0]["on_device_aug"] == pair["on_device_aug"]:
+      continue  # nothing to compare with
+    with_aug, without = ((same[0], pair) if same[0]["on_device_aug"]
+                         else (pair, same[0]))
+    added = (without["images_per_sec_per_chip"]
+             / with_aug["images_per_sec_per_chip"] - 1.0)
+    lines.append(f"on-device augmentation at {pair['per_chip_batch']}/chip: "
+                 f"{with_aug['images_per_sec_per_chip']:.1f} images/s/chip "
+                 f"with it, {without['images_per_sec_per_chip']:.1f} without"
+                 f": adds {added:.1%} to the step")
   if rows:
     r = rows[0]
     aug = "on-device augmentation" if r["on_device_aug"] else "no augmentation"
@@ -194,8 +215,11 @@ def main(argv) -> None:
   elif FLAGS.stage == "bench":
     row = bench_row(FLAGS.config, FLAGS.per_chip_batch, FLAGS.steps,
                     FLAGS.warmup_steps)
-    _write(FLAGS.out, f"bench_{FLAGS.per_chip_batch:05d}.json", row)
-    print(f"bench {FLAGS.per_chip_batch}/chip: "
+    row["paired"] = bool(FLAGS.paired)
+    suffix = "_paired" if FLAGS.paired else ""
+    _write(FLAGS.out, f"bench_{FLAGS.per_chip_batch:05d}{suffix}.json", row)
+    print(f"bench {FLAGS.per_chip_batch}/chip "
+          f"(aug.on_device={row['on_device_aug']}): "
           f"{row['images_per_sec_per_chip']:.1f} images/s/chip "
           f"({time.time() - t0:.0f} s)")
   elif FLAGS.stage == "matmul":
