@@ -28,8 +28,6 @@ boxes and the same random choices for the same seed), with less work:
   resampling differs (the scaled decode low-passes before the bicubic
   resize, where the reference's resize aliases).
 
-Ratios for the DCT-scaled decode are libjpeg's: 1, 2, 4, 8.
-
 Sources that are not JPEG (PNG folders, decoded pixel tables) take the
 reference decode and the same per-view code.
 """
