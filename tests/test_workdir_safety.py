@@ -200,6 +200,38 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_an_older_resumed(
   assert history[-1].startswith("start_step4_")
 
 
+def test_all_checkpoints_unreadable_stops_until_start_over(reference,
+                                                           tmp_path):
+  ref_dir, _ = reference
+  workdir = str(tmp_path / "run")
+  shutil.copytree(ref_dir, workdir)
+  os.remove(os.path.join(workdir, workdir_lib.LOCK_FILE))
+  ckpt_dir = os.path.join(workdir, ckpt_lib.CHECKPOINT_SUBDIR)
+  for step in os.listdir(ckpt_dir):
+    _garbage_metadata(os.path.join(ckpt_dir, step))
+  with pytest.raises(ckpt_lib.NoReadableCheckpoint) as refused:
+    pretrain.run(_config(), workdir)
+  message = str(refused.value)
+  aside = os.path.join(workdir, ckpt_lib.UNREADABLE_SUBDIR)
+  assert "\n" not in message and aside in message
+  assert "train.start_over=True" in message
+  assert sorted(int(n.split("-")[0]) for n in os.listdir(aside)) == [2, 4, 6]
+  # A rerun refuses again: nothing was trained, nothing was written.
+  with pytest.raises(ckpt_lib.NoReadableCheckpoint):
+    pretrain.run(_config(), workdir)
+  assert not os.listdir(ckpt_dir)
+  # start_over trains from step 0 and keeps the unreadable ones.
+  config = _config()
+  config.train.start_over = True
+  pretrain.run(config, workdir)
+  assert ckpt_lib.Checkpointer(workdir, 10).all_steps() == [2, 4, 6]
+  history = sorted(os.listdir(os.path.join(workdir, workdir_lib.HISTORY_DIR)))
+  assert history[-1].startswith("start_step0_")
+  kept = [n for n in os.listdir(workdir)
+          if n.startswith(ckpt_lib.UNREADABLE_SUBDIR + "-")]
+  assert len(kept) == 1 and len(os.listdir(os.path.join(workdir, kept[0]))) == 3
+
+
 # ------------------------------------------------- after the last step ---
 
 

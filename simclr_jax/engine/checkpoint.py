@@ -396,6 +396,7 @@ def resume(workdir: str, keep: int, target: Any, start_over: bool = False
   while True:
     step = checkpointer.latest_step()
     if not step:
+      _check_nothing_unreadable(workdir, start_over)
       return checkpointer, 0, target
     where = f"checkpoint {checkpointer.directory}/{step}"
     try:
@@ -423,6 +424,43 @@ def resume(workdir: str, keep: int, target: Any, start_over: bool = False
     return checkpointer, step, state
 
 
+class NoReadableCheckpoint(config_lib.ConfigError):
+  """Every checkpoint of the workdir was unreadable and has been set aside."""
+
+
+def _check_nothing_unreadable(workdir: str, start_over: bool) -> None:
+  """Refuses a silent start from step 0 when all checkpoints were unreadable.
+
+  The checkpoints set aside stay in `checkpoints.unreadable/`, so a rerun
+  after this refusal refuses again: only `train.start_over=True` starts over
+  (and renames that folder, keeping its contents).
+
+  Args:
+    workdir: the run directory.
+    start_over: `train.start_over`.
+
+  Raises:
+    NoReadableCheckpoint: checkpoints were set aside and none is left.
+  """
+  aside = workdir_path(workdir) / UNREADABLE_SUBDIR
+  if not aside.exists() or not list(aside.iterdir()):
+    return
+  if start_over:
+    # Acknowledged: renamed so that this run's own resumes are not refused.
+    kept = f"{aside}-{int(time.time())}"
+    if jax.process_index() == 0:
+      aside.rename(kept)
+    multihost_utils.sync_global_devices("simclr_jax.unreadable_acknowledged")
+    logging.warning("config.train.start_over: no readable checkpoint; the "
+                    "unreadable ones stay in %s; starting at step 0.", kept)
+    return
+  raise NoReadableCheckpoint(
+      f"no readable checkpoint is left in {workdir}: the unreadable ones are "
+      f"in {aside}; set config.train.start_over=True to start from step 0, "
+      "or restore a good checkpoint into "
+      f"{workdir_path(workdir) / CHECKPOINT_SUBDIR}")
+
+
 def _set_aside(checkpointer: Checkpointer, workdir: str, keep: int,
                step: int, error: Exception) -> Checkpointer:
   """Moves unreadable checkpoint `step` out of the way; a fresh Checkpointer."""
@@ -435,10 +473,13 @@ def _set_aside(checkpointer: Checkpointer, workdir: str, keep: int,
     epath.Path(directory, str(step)).rename(aside)
   multihost_utils.sync_global_devices(f"simclr_jax.set_aside.{step}")
   reason = " ".join(str(error).split())[:300]
-  logging.warning("checkpoint %s/%d is unreadable (%s: %s); moved it to %s "
-                  "and resuming from the newest older checkpoint.", directory,
-                  step, type(error).__name__, reason, aside)
-  return Checkpointer(workdir, keep)
+  fresh = Checkpointer(workdir, keep)
+  older = fresh.latest_step()
+  logging.warning("checkpoint %s/%d is unreadable (%s: %s); moved it to %s; "
+                  "%s.", directory, step, type(error).__name__, reason, aside,
+                  f"trying the newest older checkpoint, step {older}" if older
+                  else "no older checkpoint is left")
+  return fresh
 
 
 def _start_over(checkpointer: Checkpointer, workdir: str,
