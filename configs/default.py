@@ -114,6 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.probe = True  # online linear probe on stop_gradient(h)
   train.grad_chunks = 1  # gradient caching: chunks per device batch (1 = off; BN statistics per chunk)
   train.log_every_steps = 50  # console / TensorBoard metrics interval
+  train.max_steps_in_flight = 2  # steps dispatched ahead of the device: a stop signal acts within this many steps plus the save
   train.checkpoint_every_steps = 500  # checkpoint interval (always at the end)
   train.keep_checkpoints = 3  # checkpoints kept in the workdir
   train.eval_every_steps = 0  # online evaluation interval (0 = only at end)

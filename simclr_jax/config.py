@@ -129,7 +129,8 @@ def validate(config: ml_collections.ConfigDict,
   if config.train.steps <= 0 and config.train.epochs <= 0:
     _fail("train.epochs", config.train.epochs,
           "must be > 0 unless train.steps > 0")
-  for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+  for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                "max_steps_in_flight"):
     if config.train[field] < 1:
       _fail(f"train.{field}", config.train[field], "must be >= 1")
   _validate_eval(config)

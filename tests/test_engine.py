@@ -6,12 +6,17 @@ final state as an uninterrupted run; each refuses checkpoints of another
 architecture unless `train.start_over` moves them aside.
 """
 
+import dataclasses
 import glob
+import itertools
 import os
 import shutil
 import signal
+import threading
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -158,6 +163,79 @@ def test_sigterm_then_resume_equals_uninterrupted(references, sources,
   key = MAIN_RESULT[mode]
   assert results[key]["top1"] == pytest.approx(ref_results[key]["top1"],
                                                abs=1.5 / 360)
+
+
+class _SlowDevice(loop.Mode):
+  """`mode` with a device slower than the host: each step's state also goes
+  through a chain of matmuls (value unchanged), and a watcher thread sends
+  this process a real SIGTERM once `signal_at` steps have finished on the
+  device. The batches are made before the first step, so the host is never
+  the slow side. (A host callback cannot make the delay: it makes dispatch
+  synchronous on the CPU backend.)"""
+
+  MATMULS, SIZE = 30, 640  # about 0.3 s per step on a 2-core CPU
+
+  def __init__(self, mode, signal_at):
+    self.name, self._mode, self._at = mode.name, mode, signal_at
+    self.outputs = []  # (step, metrics) in dispatch order
+    self.running_at_signal = None
+
+  def _watch(self):
+    deadline = time.time() + 600
+    while len(self.outputs) < self._at and time.time() < deadline:
+      time.sleep(0.001)
+    jax.block_until_ready(self.outputs[self._at - 1][1])
+    self.running_at_signal = self._at + 1
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  def build(self, config, mesh, workdir):
+    job = self._mode.build(config, mesh, workdir)
+
+    @jax.jit
+    def held(state):
+      leaves, tree = jax.tree.flatten(state)
+      y = jnp.full((self.SIZE, self.SIZE), 1e-3) + jnp.sum(
+          leaves[0]).astype(jnp.float32) * 1e-9
+      y = jax.lax.fori_loop(0, self.MATMULS, lambda i, y: jnp.tanh(y @ y), y)
+      # 0 * y: XLA keeps float products with 0 (NaN semantics), so the leaf
+      # waits for the chain.
+      leaves[0] = leaves[0] + (0 * y[0, 0]).astype(leaves[0].dtype)
+      return jax.tree.unflatten(tree, leaves)
+
+    def step_fn(state, *args):
+      state, metrics = job.step_fn(state, *args)
+      state = held(state)
+      if not self.outputs:
+        jax.block_until_ready(state)  # the compile; then watch the steps
+        threading.Thread(target=self._watch, daemon=True).start()
+      self.outputs.append((len(self.outputs) + 1, metrics))
+      return state, metrics
+
+    def batches(start):
+      # Made before the first step, so the host is never the slow side.
+      return iter(list(itertools.islice(job.batches(start),
+                                        job.total_steps - start)))
+
+    return dataclasses.replace(job, step_fn=step_fn, batches=batches)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_a_stop_signal_is_acted_on_within_three_steps_of_a_slow_device(
+    sources, tmp_path, mode):
+  # One log step and one checkpoint at the end of 60 steps: without a bound
+  # the host would queue all 60 before it looks at the signal again.
+  config = mode_config(mode, sources, steps=60)
+  config.train.log_every_steps = 1000
+  config.train.checkpoint_every_steps = 1000
+  slow = _SlowDevice(MODES[mode], signal_at=3)
+  workdir = str(tmp_path / mode)
+  with pytest.raises(preemption.Preempted) as stopped:
+    loop.run(slow, config, workdir)
+  running = slow.running_at_signal
+  assert running is not None and running >= 4
+  assert running <= stopped.value.step <= running + 3, (running,
+                                                        stopped.value.step)
+  assert ckpt_lib.Checkpointer(workdir, 10).all_steps() == [stopped.value.step]
 
 
 @pytest.mark.parametrize("mode,other", (("linear_eval", "pretrain"),

@@ -10,6 +10,9 @@ end). This loop then gives every mode the same behaviour:
 * config agreement across hosts; `config.json` beside the checkpoints;
 * one host sync per log period: console and TensorBoard scalars, steps/s,
   images/s and ETA, the non-finite guard naming the step and quantity;
+* bounded run-ahead: at most `train.max_steps_in_flight` steps dispatched
+  ahead of the device (waiting on a finished step's metrics, not copying
+  them), so a stop signal is acted on within that many steps plus the save;
 * "Initial compilation" and its duration;
 * checkpoints at `train.checkpoint_every_steps` and at the end, evaluators at
   `train.eval_every_steps` and at the end, all through `config.is_time`;
@@ -235,6 +238,7 @@ def _train(job: Job, config: ml_collections.ConfigDict, state: Any,
     else:
       state, metrics = job.step_fn(state, *job.step_args, batch)
     pending.append((step, metrics))
+    wait_for_step_behind(pending, tc.max_steps_in_flight)
     clock.tick()
     log_now = config_lib.is_time(step, tc.log_every_steps, total)
     if log_now:
@@ -255,6 +259,25 @@ def _train(job: Job, config: ml_collections.ConfigDict, state: Any,
       _evaluate(job, state, step, writer, periodic_only=True)
   clock.close()
   return state
+
+
+def wait_for_step_behind(pending: Sequence[Tuple[int, Any]],
+                         max_in_flight: int) -> None:
+  """Bounded run-ahead: blocks until the step `max_in_flight` behind the
+  newest dispatched one has finished on the device.
+
+  Without it the host queues every step of a log period before it looks at
+  a stop signal again, so a SIGTERM waits for all of them; with it a signal
+  is acted on within `max_in_flight` steps plus the save. Waiting on a
+  finished step's metrics copies nothing to the host.
+
+  Args:
+    pending: (step, metrics) of the steps dispatched since the last host
+      sync, oldest first.
+    max_in_flight: steps allowed to be dispatched but not finished (>= 1).
+  """
+  if len(pending) > max_in_flight:
+    jax.block_until_ready(pending[-1 - max_in_flight][1])
 
 
 def _evaluate(job: Job, state: Any, step: int, writer: writer_lib.Writer,

@@ -6,6 +6,8 @@
       --input_paths=reference,fast,on_device_host --repeats=5
   python -m simclr_jax.benchmark --config=configs/digits.py --skip_input \
       --flops
+  python -m simclr_jax.benchmark --config=configs/digits.py --skip_input \
+      --steps_in_flight=0,2 --repeats=5
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m \
       simclr_jax.benchmark --config=configs/digits.py --skip_input \
       --skip_train --memory --grad_chunks=1,2,4,8
@@ -85,6 +87,10 @@ flags.DEFINE_bool("device_aug_cost", False, "Time the train step with and "
 flags.DEFINE_integer("repeats", 1, "Timings per figure (the median is shown).")
 flags.DEFINE_bool("flops", False, "Achieved FLOP/s, matmul rate, mean-loss "
                   "step.")
+flags.DEFINE_list("steps_in_flight", [], "Also time the step with these "
+                  "bounds on the steps dispatched ahead of the device, in "
+                  "turns (0 = unbounded; the loop uses "
+                  "train.max_steps_in_flight), e.g. 0,2.")
 flags.DEFINE_bool("memory", False, "Compiled temporary memory per device.")
 flags.DEFINE_list("memory_batches", ["4096", "16384", "65536"],
                   "Global batches of the loss-memory table.")
@@ -201,6 +207,39 @@ def time_train_step(config, steps: int, warmup: int):
   jax.block_until_ready(metrics)
   return (steps * batch / (time.perf_counter() - t0), compile_s, step_fn,
           state, device_batch)
+
+
+def print_in_flight(step_fn, state, device_batch, steps: int, bounds,
+                    repeats: int, images_per_step: int) -> None:
+  """Times the step with each bound on the steps in flight, in turns.
+
+  The bound is the training loop's (`train.max_steps_in_flight`, through
+  `engine.loop.wait_for_step_behind`); 0 dispatches every step without
+  waiting, as the loop did before the bound. Prints each median images/s and
+  its ratio to the first bound's.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from simclr_jax.engine import loop  # pylint: disable=g-import-not-at-top
+  rates = {b: [] for b in bounds}
+  for _ in range(max(1, repeats)):
+    for bound in bounds:
+      pending = []
+      t0 = time.perf_counter()
+      for step in range(steps):
+        state, metrics = step_fn(state, device_batch)
+        if bound:
+          pending.append((step, metrics))
+          loop.wait_for_step_behind(pending, bound)
+      jax.block_until_ready(metrics)
+      rates[bound].append(steps * images_per_step /
+                          (time.perf_counter() - t0))
+  first = float(np.median(rates[bounds[0]]))
+  for bound in bounds:
+    median = float(np.median(rates[bound]))
+    name = f"at most {bound} steps in flight" if bound else "unbounded"
+    print(f"train step, {name}: {median:.1f} images/s (median of "
+          f"{len(rates[bound])}; x{median / first:.3f} of the first)")
 
 
 def print_device_aug_cost(config, steps: int, warmup: int,
@@ -320,6 +359,10 @@ def main(argv):
         config, FLAGS.steps, FLAGS.warmup_steps)
     print(f"train step: {ips:.1f} images/s "
           f"(compile + first step {compile_s:.1f} s)")
+    if FLAGS.steps_in_flight:
+      print_in_flight(step_fn, state, batch, FLAGS.steps,
+                      [int(b) for b in FLAGS.steps_in_flight], FLAGS.repeats,
+                      config.train.global_batch)
     if FLAGS.flops:
       from simclr_jax.tools import perf_report  # pylint: disable=g-import-not-at-top
       perf_report.print_flops(config, step_fn, state, batch, ips,
