@@ -174,6 +174,43 @@ def test_sigterm_exit_status_then_kill9_mid_save_then_finish(tmp_path,
   assert killed_mid_save  # the kill hit a save in flight
 
 
+@pytest.mark.parametrize("second", ["SIGINT", "SIGTERM"])
+def test_a_second_signal_during_the_save_exits_in_one_line(tmp_path, children,
+                                                           second):
+  workdir = str(tmp_path / "run")
+  ckpt_dir = os.path.join(workdir, ckpt_lib.CHECKPOINT_SUBDIR)
+  log1 = str(tmp_path / "run1.log")
+  proc = _spawn(_main_args(workdir, 500), log1)
+  children.append(proc)
+  _wait_for(proc, log1, "Saving checkpoint at step 3", time.time() + DEADLINE_S)
+  proc.send_signal(signal.SIGTERM)
+  _wait_for(proc, log1, "Received SIGTERM", time.time() + 120)
+  proc.send_signal(getattr(signal, second))  # while the stop's save commits
+  rc = proc.wait(timeout=120)
+  text = open(log1).read()
+  assert rc == 128 + getattr(signal, second), text[-4000:]
+  errors = [l for l in text.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and errors[0].startswith(f"error: second {second}")
+  assert "Traceback" not in text and "Finalize" not in text, text[-4000:]
+  # Every committed checkpoint is complete; the rerun resumes from the newest.
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  ckpt = ckpt_lib.Checkpointer(workdir, 3)
+  for step in steps:
+    assert ckpt.item_shapes(step)
+  ckpt.close()
+  log2 = str(tmp_path / "run2.log")
+  proc = _spawn(_main_args(workdir, steps[-1] + 1) +
+                ["--config.train.allow_config_change=True"], log2)
+  children.append(proc)
+  rc = proc.wait(timeout=DEADLINE_S)
+  text = open(log2).read()
+  assert rc == 0, text[-4000:]
+  assert f"Resuming from checkpoint at step {steps[-1]}" in text
+  # The changed field is named, with both values.
+  assert f"changed fields: train.steps: 500 -> {steps[-1] + 1}" in text
+  assert not _partial(ckpt_dir)
+
+
 # Two processes of one jax.distributed run; process 1 gets the signal at
 # step 20, and both must agree on the step after which they stop.
 _TWO_PROCESSES = """

@@ -9,6 +9,8 @@ import hashlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -128,9 +130,32 @@ def test_guard_turns_signals_into_a_flag():
     assert guard.should_stop(1, sync=True) is None
     os.kill(os.getpid(), signal.SIGINT)
     assert guard.should_stop(2, sync=False) == "SIGINT"
-    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C quits at once
-      os.kill(os.getpid(), signal.SIGINT)
   assert signal.getsignal(signal.SIGINT) is previous
+
+
+_TWO_SIGNALS = """
+import os, signal, sys
+from simclr_jax.engine import preemption
+with preemption.PreemptionGuard() as guard:
+  os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+  print("first:", guard.should_stop(1, sync=False), flush=True)
+  os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+  print("not reached", flush=True)
+"""
+
+
+@pytest.mark.parametrize("first,second", [("SIGINT", "SIGINT"),
+                                          ("SIGTERM", "SIGINT"),
+                                          ("SIGINT", "SIGTERM")])
+def test_a_second_signal_ends_the_process_at_once_in_one_line(first, second):
+  proc = subprocess.run([sys.executable, "-c", _TWO_SIGNALS, first, second],
+                        capture_output=True, text=True, timeout=120,
+                        cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert proc.returncode == 128 + getattr(signal, second), proc.stderr
+  assert proc.stdout.splitlines() == [f"first: {first}"]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and errors[0].startswith(f"error: second {second}:")
+  assert "Traceback" not in proc.stderr and "not reached" not in proc.stdout
 
 
 def test_nan_names_the_step_and_keeps_earlier_checkpoints(

@@ -7,13 +7,20 @@ entry point turns into exit status `PREEMPTED_EXIT_CODE`. With several
 processes all of them must stop at the same step, so the decision is agreed
 on: through JAX's preemption sync manager (`reached_preemption_sync_point`,
 which owns SIGTERM once `jax.distributed` is initialised) at every step, and
-through one tiny all-gather of the local flags at log steps.
+through one tiny all-gather of the local flags at log steps. Because the loop
+keeps at most `train.max_steps_in_flight` steps ahead of the device, the
+step at which the stop is seen is at most that many steps past the one the
+device was running. A signal the sync manager does not see (SIGINT on a
+multi-process run, or a runtime without the manager) is agreed on at the
+next log step instead. A second signal ends the process at once
+(`exit_at_once`).
 
 Numerical safety: `check_finite_metrics` and `check_finite_tree` stop a run at
 the first non-finite loss or gradient norm, and before any checkpoint could
 store non-finite values.
 """
 
+import os
 import signal
 import threading
 from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
@@ -80,8 +87,8 @@ class PreemptionGuard:
 
   def _handle(self, signum, frame) -> None:
     del frame  # unused
-    if self._received is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # A second Ctrl-C quits without waiting.
+    if self._received is not None:
+      exit_at_once(signal.Signals(signum).name)  # the operator insists
     self.request(signal.Signals(signum).name)
 
   def __enter__(self) -> "PreemptionGuard":
@@ -121,6 +128,27 @@ class PreemptionGuard:
       if np.any(flags):
         return self._received or "signal on another process"
     return None
+
+
+def exit_at_once(reason: str) -> None:
+  """Ends the process now, with one line and no traceback.
+
+  Used for a second stop signal, which may come while a checkpoint is being
+  committed: orbax writes each checkpoint into a temporary folder and renames
+  it into place only when complete, so ending here leaves every checkpoint
+  either committed or absent, never half-written (the temporary folder is
+  removed by the next run's first save). No Python cleanup runs: it would
+  wait for the very save the operator asked not to wait for.
+
+  Args:
+    reason: what asked for it (a signal's name).
+  """
+  # os.write: a signal handler may interrupt a print on the same stream.
+  os.write(2, (f"error: second {reason}: stopped at once; checkpoints "
+               "committed before it are intact and a save in progress is "
+               "discarded, never half-written; rerun the same command to "
+               "resume from the newest committed one\n").encode())
+  os._exit(128 + getattr(signal, reason, signal.SIGINT))
 
 
 def _has_preemption_sync_manager() -> bool:

@@ -37,6 +37,7 @@ TEMP_PREFIX = "simclr_jax-run-"
 # Fields that change how a run is watched or where it runs, not what its
 # checkpoints mean: they may differ on resume without a decision.
 FREE_ON_RESUME = ("train.log_every_steps", "train.checkpoint_every_steps",
+                  "train.max_steps_in_flight",
                   "train.keep_checkpoints", "train.eval_every_steps",
                   "train.start_over", "train.allow_config_change",
                   "data.data_dir", "data.cache", "data.shuffle_buffer",
@@ -153,7 +154,10 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict,
   if stored is None:
     return
   changed = changed_fields(stored, config)
-  if changed and not config.train.get("allow_config_change", False):
+  if changed and config.train.get("allow_config_change", False):
+    logging.warning("train.allow_config_change: resuming %s with changed "
+                    "fields: %s", workdir, "; ".join(changed))
+  elif changed:
     shown = "; ".join(changed[:10]) + (f"; and {len(changed) - 10} more"
                                        if len(changed) > 10 else "")
     raise config_lib.ConfigError(
