@@ -45,8 +45,10 @@ def _take_preprocessing_from_export(config, export: str, argv) -> None:
 
 def _check_export(export: str) -> None:
   """Refuses an --export that is not an export, before anything is written."""
-  from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from simclr_jax.engine import checkpoint  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from simclr_jax import config as config_lib
+  from simclr_jax.engine import checkpoint
+  # pylint: enable=g-import-not-at-top
   if not os.path.isdir(export):
     config_lib.fail("--export", export, "no such directory")
   try:
