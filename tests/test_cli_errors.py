@@ -123,3 +123,66 @@ def test_input_error_is_one_line_and_status_2(tmp_path, command, args, names):
   for name in names:
     assert name in errors[0], (name, errors[0])
   assert _tree(tmp_path) == before  # nothing written, no workdir made
+
+
+# ------------------------------------------------ in process (no start-up) ---
+
+
+def _flags(argv):
+  """A fresh FlagValues with --config (reading `argv`) and --workdir."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config", flag_values=fv,
+                                  lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "workdir", flag_values=fv)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
+  return fv
+
+
+def _parse(argv):
+  from simclr_jax.engine import cli_errors  # pylint: disable=g-import-not-at-top
+  argv = ["prog", *argv]
+  fv = _flags(argv)
+  return cli_errors.parse(argv, fv), fv
+
+
+def test_closest_field_knows_synonyms_and_typos():
+  from simclr_jax.engine import cli_errors  # pylint: disable=g-import-not-at-top
+  fields = ["optim.base_lr", "optim.lr_scaling", "optim.weight_decay",
+            "train.steps", "train.global_batch", "eval.batch_size", "mode"]
+  assert cli_errors.closest_field("optim.learning_rate", fields) == (
+      "optim.base_lr")
+  assert cli_errors.closest_field("train.batch_size", fields) == (
+      "train.global_batch")
+  assert cli_errors.closest_field("train.step", fields) == "train.steps"
+  assert cli_errors.closest_field("mdoe", fields) == "mode"
+  assert cli_errors.closest_field("xyz.qqq", fields) is None
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--config.optim.learning_rate=0.1"],
+     "--config.optim.learning_rate: no such field; did you mean "
+     "--config.optim.base_lr?"),
+    (["--config.train.steps=abc"],
+     "--config.train.steps='abc' is invalid: an integer is required (the "
+     "config has 4)"),
+    (["--config.viz.enabled=maybe"],
+     "--config.viz.enabled='maybe' is invalid: True or False is required "
+     "(the config has False)"),
+], ids=["unknown-field", "wrong-type", "wrong-type-bool"])
+def test_parse_names_the_field(argv, line):
+  from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  with pytest.raises(config_lib.ConfigError) as e:
+    _parse([f"--config={cli.REPO}/configs/digits.py:tiny", "--workdir=w",
+            *argv])
+  assert str(e.value) == line
+
+
+def test_parse_applies_good_overrides():
+  rest, fv = _parse([f"--config={cli.REPO}/configs/digits.py:tiny",
+                     "--config.train.steps=7", "--noconfig.viz.enabled",
+                     "--workdir", "w", "positional"])
+  assert rest == ["prog", "positional"]
+  assert fv.config.train.steps == 7 and not fv.config.viz.enabled
+  assert fv.workdir == "w"

@@ -86,19 +86,19 @@ def closest_field(path: str, fields: Sequence[str]) -> Optional[str]:
   name in the same section.
   """
   section, _, leaf = path.rpartition(".")
-  split = [f.rpartition(".") for f in fields]
+  split = [(f, f.rpartition(".")[0], f.rpartition(".")[2]) for f in fields]
   alias = _ALIASES.get(leaf)
   if alias:
-    same = [f"{s}.{l}" for s, _, l in split if l == alias and s == section]
-    anywhere = [f"{s}.{l}".lstrip(".") for s, _, l in split if l == alias]
+    same = [f for f, s, l in split if l == alias and s == section]
+    anywhere = [f for f, _, l in split if l == alias]
     if same or anywhere:
       return (same or anywhere)[0]
   match = difflib.get_close_matches(path, fields, n=1, cutoff=0.6)
   if match:
     return match[0]
-  leaves = [l for s, _, l in split if s == section]
-  match = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.5)
-  return f"{section}.{match[0]}" if match else None
+  leaves = {l: f for f, s, l in split if s == section}
+  match = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.5)
+  return leaves[match[0]] if match else None
 
 
 def _lookup(config, path: str):
@@ -164,11 +164,14 @@ def _override_type(argv: Sequence[str], flag_values: flags.FlagValues,
     if name.startswith(config_name + "."):
       config = _load_config(flag_values, config_name,
                             _flag_value(argv, config_name))
+      section, _, leaf = name[len(config_name) + 1:].rpartition(".")
       try:
-        current = _lookup(config, name[len(config_name) + 1:])
-      except KeyError:
+        holder = _lookup(config, section) if section else config
+        current = holder[leaf]
+        field_type = holder.get_type(leaf)  # a placeholder's too
+      except (KeyError, AttributeError, TypeError):
         return None
-      kind = _TYPE_NAMES.get(type(current).__name__, type(current).__name__)
+      kind = _TYPE_NAMES.get(field_type.__name__, field_type.__name__)
       return f"{kind} is required (the config has {current!r})"
   return None
 
