@@ -126,15 +126,17 @@ def validate(config: ml_collections.ConfigDict,
     _validate_distill(config)
   if not 2 <= config.aug.num_views <= 16:
     _fail("aug.num_views", config.aug.num_views, "must be in [2, 16]")
-  if config.train.steps <= 0 and config.train.epochs <= 0:
-    _fail("train.epochs", config.train.epochs,
-          "must be > 0 unless train.steps > 0")
+  _validate_durations(config)
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                 "max_steps_in_flight"):
     if config.train[field] < 1:
       _fail(f"train.{field}", config.train[field], "must be >= 1")
   _validate_eval(config)
   stem = resolve_stem(config)
+  # pylint: disable=g-import-not-at-top  (the models import this module)
+  from simclr_jax.models import simclr as simclr_model
+  # pylint: enable=g-import-not-at-top
+  simclr_model.validate_model_config(dict(config.model.items(), stem=stem))
   min_size = _STEM_DOWNSAMPLE[stem]
   if config.data.image_size < min_size:
     _fail("data.image_size", config.data.image_size,
@@ -152,6 +154,33 @@ def validate(config: ml_collections.ConfigDict,
     if config.eval.batch_size % num_devices:
       _fail("eval.batch_size", config.eval.batch_size,
             f"must be divisible by the number of devices ({num_devices})")
+
+
+def _validate_durations(config: ml_collections.ConfigDict) -> None:
+  """Step and epoch counts: 0 keeps its documented meaning, < 0 has none."""
+  train = config.train
+  if not _is_count(train.steps):
+    _fail("train.steps", train.steps, "an integer >= 0 is required (0 = "
+          "train for train.epochs)")
+  if not _is_number(train.epochs) or train.epochs < 0:
+    _fail("train.epochs", train.epochs, "a number >= 0 is required")
+  if train.steps == 0 and train.epochs == 0:
+    _fail("train.epochs", train.epochs, "must be > 0 unless train.steps > 0")
+  if not _is_count(train.eval_every_steps):
+    _fail("train.eval_every_steps", train.eval_every_steps, "an integer >= 0 "
+          "is required (0 = evaluate only at the end)")
+  warmup = config.optim.warmup_epochs
+  if not _is_number(warmup) or warmup < 0:
+    _fail("optim.warmup_epochs", warmup, "a number >= 0 is required (0 = no "
+          "warm-up)")
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _validate_loss(loss: ml_collections.ConfigDict) -> None:

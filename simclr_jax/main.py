@@ -30,7 +30,7 @@ distributed.define_flags()
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError("Too many command-line arguments.")
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # pylint: disable=g-import-not-at-top
   from simclr_jax import config as config_lib
   config = FLAGS.config

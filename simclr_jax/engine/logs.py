@@ -177,7 +177,9 @@ def run_app(main: Callable[[List[str]], Any]) -> None:
 
   Every command (training and the tools) goes through here, so library
   chatter is filtered the same way everywhere; a bad value ends the process
-  with status 2 and one line naming the field, before any compile; a locked
+  with status 2 and one line naming the field, before anything is written
+  or compiled (flags and config overrides included, `engine.cli_errors`);
+  a locked
   workdir, a full disk or a read-only or forbidden path with status 1 and
   one line. Each process gets its own temp folder (see
   `engine.workdir.private_temp_dir`).
@@ -189,17 +191,27 @@ def run_app(main: Callable[[List[str]], Any]) -> None:
   from absl import app  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
   from simclr_jax import config as config_lib
+  from simclr_jax.engine import cli_errors
   from simclr_jax.engine import workdir as workdir_lib
   # pylint: enable=g-import-not-at-top
+
+  def usage_error(e: Exception) -> None:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(USAGE_EXIT_CODE)
+
+  def parse(argv):
+    try:
+      return cli_errors.parse(argv)
+    except config_lib.ConfigError as e:
+      usage_error(e)
 
   def wrapped(argv):
     quiet_libraries()
     workdir_lib.private_temp_dir()
     try:
       return main(argv)
-    except config_lib.ConfigError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
-      sys.exit(USAGE_EXIT_CODE)
+    except (config_lib.ConfigError, app.UsageError) as e:
+      usage_error(e)
     except workdir_lib.WorkdirLocked as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
@@ -211,4 +223,4 @@ def run_app(main: Callable[[List[str]], Any]) -> None:
             file=sys.stderr, flush=True)
       _exit_now(1)
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=parse)

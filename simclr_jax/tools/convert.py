@@ -16,6 +16,7 @@ optimizer, its slots, the step counters and the object graph are skipped.
 
 import collections
 import functools
+import glob
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simclr_jax import config as config_lib
 from simclr_jax.engine import checkpoint
 from simclr_jax.engine import logs
 from simclr_jax.engine import progress
@@ -147,9 +149,16 @@ def convert_tf2_checkpoint(path: str,
     ValueError: on a variable that maps to no leaf, a leaf without a variable,
       or a shape mismatch (each named).
   """
+  if "://" not in path and not (os.path.exists(path) or
+                                glob.glob(glob.escape(path) + ".*")):
+    config_lib.fail("--tf2_checkpoint", path, "no such file or directory")
   with logs.native_stderr_filtered():  # TensorFlow's start-up lines
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  reader = tf.train.load_checkpoint(path)
+  try:
+    reader = tf.train.load_checkpoint(path)
+  except (tf.errors.NotFoundError, ValueError) as e:
+    config_lib.fail("--tf2_checkpoint", path, "not a TF2 checkpoint prefix "
+                    f"or directory ({' '.join(str(e).split())[:200]})")
   keys, shapes, skipped = {}, {}, []
   for key, shape in reader.get_variable_to_shape_map().items():
     if convert_map.is_skipped(key):

@@ -80,6 +80,8 @@ def embed_folder(export: str, images: str, out: str, batch_size: int = 64,
     A summary: {'num_images', 'dim', 'skipped', 'seconds'}.
   """
   check_out_file(out)
+  if not os.path.isdir(export):
+    config_lib.fail("--export", export, "no such directory")
   if batch_size < 1:
     config_lib.fail("--batch_size", batch_size, "must be >= 1")
   if not os.path.isdir(images):

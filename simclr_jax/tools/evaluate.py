@@ -43,6 +43,20 @@ def _take_preprocessing_from_export(config, export: str, argv) -> None:
       config[section][name] = value
 
 
+def _check_export(export: str) -> None:
+  """Refuses an --export that is not an export, before anything is written."""
+  # pylint: disable=g-import-not-at-top
+  from simclr_jax import config as config_lib
+  from simclr_jax.engine import checkpoint
+  # pylint: enable=g-import-not-at-top
+  if not os.path.isdir(export):
+    config_lib.fail("--export", export, "no such directory")
+  try:
+    checkpoint.read_export_meta(export)
+  except (ValueError, OSError) as e:
+    raise config_lib.ConfigError(" ".join(str(e).split())) from e
+
+
 def main(argv) -> None:
   """Evaluates --export with --config; prints top-1 of every protocol."""
   # pylint: disable=g-import-not-at-top
@@ -56,6 +70,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   fv = flags.FLAGS
+  _check_export(fv.export)
   config = fv.config
   with config.unlocked():
     config.init.export = fv.export

@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from simclr_jax import config as config_lib
 from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax.engine import logs
 from simclr_jax.engine import results as results_lib
@@ -32,6 +33,14 @@ def export_workdir(workdir: str, out: str, step: int = 0) -> Dict[str, Any]:
   Returns:
     The export's meta data.
   """
+  if not os.path.isdir(workdir):
+    config_lib.fail("--workdir", workdir, "no such directory")
+  if not os.path.isfile(os.path.join(workdir, results_lib.CONFIG_FILE)):
+    config_lib.fail("--workdir", workdir, f"has no {results_lib.CONFIG_FILE}: "
+                    "it is not a run directory of python -m simclr_jax.main")
+  if step < 0:
+    config_lib.fail("--step", step, "an integer >= 0 is required (0 = the "
+                    "newest checkpoint)")
   ckpt_lib.check_export_target(os.path.abspath(out))  # before any work
   variables, model_cfg, num_classes, step = encoders.load_checkpoint(workdir,
                                                                      step)

@@ -132,8 +132,9 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   fv = flags.FLAGS
-  if fv.k < 1:
-    config_lib.fail("--k", fv.k, "must be >= 1")
+  for name in ("k", "tile_px", "columns"):
+    if fv[name].value < 1:
+      config_lib.fail(f"--{name}", fv[name].value, "must be >= 1")
   if not fv.out.endswith(".png"):
     config_lib.fail("--out", fv.out, "must end in .png")
   emb = load_embeddings(fv.embeddings)
