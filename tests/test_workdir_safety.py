@@ -96,6 +96,80 @@ def test_an_existing_export_is_replaced_and_siblings_are_kept(reference,
                                           "export.tmp"]
 
 
+def _meta(out):
+  with open(os.path.join(out, "meta.json")) as f:
+    return json.load(f)
+
+
+def test_an_export_lists_what_it_wrote(reference, tmp_path):
+  workdir, _ = reference
+  out = str(tmp_path / "export")
+  export.export_workdir(workdir, out, step=2)
+  listed = _meta(out)["files"]
+  found = sorted(p + ("/" if os.path.isdir(os.path.join(out, p)) else "")
+                 for p in (os.path.relpath(os.path.join(r, n), out)
+                           for r, ds, fs in os.walk(out) for n in ds + fs))
+  assert sorted(listed + ["meta.json"]) == found
+  assert "variables/manifest.ocdbt" in listed
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "older"])
+def test_a_users_file_inside_an_export_is_never_deleted(reference, tmp_path,
+                                                        listed):
+  workdir, _ = reference
+  out = str(tmp_path / "export")
+  export.export_workdir(workdir, out, step=2)
+  if not listed:  # as exports were written before they listed their files
+    meta = _meta(out)
+    del meta["files"]
+    with open(os.path.join(out, "meta.json"), "w") as f:
+      json.dump(meta, f)
+    assert export.export_workdir(workdir, out, step=4)["extra"]["step"] == 4
+    with open(os.path.join(out, "meta.json"), "w") as f:
+      json.dump(meta, f)
+  for mine, named in (("variables/d/notes.txt", "'variables/d/notes.txt'"),
+                      ("variables/mine/", "'variables/mine/'"),
+                      ("extra/a/b.txt", "'extra/' and 2 more")):
+    path = os.path.join(out, mine)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not mine.endswith("/"):
+      with open(path, "w") as f:
+        f.write("mine")
+    before = _tree(out)
+    with pytest.raises(config_lib.ConfigError) as err:
+      export.export_workdir(workdir, out, step=6)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"also holds {named}, which the export did not write" in message
+    assert "nothing was written or deleted" in message
+    assert _tree(out) == before and os.path.exists(path)
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    if mine.endswith("/"):
+      os.rmdir(path)
+    else:
+      os.remove(path)
+      if mine.startswith("extra"):
+        shutil.rmtree(os.path.join(out, "extra"))
+  # Clean again: replaced, and nothing of ours is left beside it.
+  assert export.export_workdir(workdir, out, step=6)["extra"]["step"] == 6
+  assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_convert_refuses_an_export_holding_a_users_file(reference, tmp_path):
+  from simclr_jax.tools import convert  # pylint: disable=g-import-not-at-top
+  workdir, _ = reference
+  out = str(tmp_path / "export")
+  export.export_workdir(workdir, out, step=2)
+  os.makedirs(os.path.join(out, "variables", "mine"))
+  with open(os.path.join(out, "variables", "mine", "x.txt"), "w") as f:
+    f.write("mine")
+  before = _tree(out)
+  with pytest.raises(config_lib.ConfigError, match="also holds "
+                     "'variables/mine/'"):  # before the checkpoint is read
+    convert.convert_to_export(str(tmp_path / "no_checkpoint"), out)
+  assert _tree(out) == before
+
+
 def test_convert_refuses_a_workdir_as_out(reference):
   workdir, _ = reference
   before = _tree(workdir)
