@@ -424,3 +424,35 @@ def test_fields_added_since_a_workdir_was_made_are_not_changes():
   config.loss.temperature = 0.3  # a real change still counts
   assert workdir_lib.changed_fields(stored, config) == [
       "loss.temperature: 0.2 -> 0.3"]
+
+
+def test_a_leftover_work_folder_is_cleared_only_if_all_ours(tmp_path):
+  variables = {"params": {"w": np.ones((2, 3), np.float32)},
+               "batch_stats": {"m": np.zeros(3, np.float32)}}
+  out = str(tmp_path / "export")
+  save = lambda: ckpt_lib.save_export(out, variables, {"depth": 18}, 0, 16)
+  save()
+  # An interrupted replacement left the old export aside, and an
+  # interrupted export left its work folder (orbax's own work folder in it).
+  old = str(tmp_path / ".export.simclr_jax-replaced")
+  shutil.copytree(out, old)
+  partial = str(tmp_path / ".export.simclr_jax-partial")
+  shutil.copytree(os.path.join(out, "variables"),
+                  os.path.join(partial, "variables.orbax-checkpoint-tmp-17"))
+  open(os.path.join(partial, ".simclr_jax_partial"), "w").close()
+  save()  # both cleared: all ours
+  assert sorted(os.listdir(tmp_path)) == ["export"]
+  for leftover in (old, partial):
+    shutil.copytree(out, leftover)
+    if leftover == partial:
+      open(os.path.join(partial, ".simclr_jax_partial"), "w").close()
+    with open(os.path.join(leftover, "variables", "mine.txt"), "w") as f:
+      f.write("mine")
+    before = _tree(leftover)
+    with pytest.raises(config_lib.ConfigError,
+                       match="holds 'variables/mine.txt', which simclr_jax "
+                       "did not write; nothing was deleted"):
+      save()
+    assert _tree(leftover) == before
+    shutil.rmtree(leftover)
+  assert ckpt_lib.is_export(out) and not ckpt_lib.is_export(old)

@@ -173,83 +173,12 @@ def check_shapes(saved: Any, target: Any, what: str) -> None:
                      f"{shown}{more}")
 
 
-# Names of our own work folders beside an export being written or replaced.
-_PARTIAL = ".simclr_jax-partial"
-_REPLACED = ".simclr_jax-replaced"
-_PARTIAL_MARKER = ".simclr_jax_partial"  # inside a folder we are writing
-
-
-def is_export(path: str) -> bool:
-  """Whether `path` is an export made by simclr_jax and holds nothing else.
-
-  Nothing else at any depth: every entry is one its meta.json lists as
-  written (older exports: one of the export layout, see `export_files`).
-  """
-  if os.path.islink(path) or not os.path.isdir(path):
-    return False
-  meta = export_files.read_meta(path)
-  return meta is not None and not export_files.foreign_entries(path, meta)
-
-
-def check_export_target(out_dir: str, field: str = "--out") -> None:
-  """Refuses an output path that is not ours to replace; call before work.
-
-  Allowed: a path that does not exist, an empty folder, or an export made by
-  simclr_jax holding only what it wrote, at any depth (it is then replaced
-  atomically). Anything else (a workdir, a folder with a user's files, an
-  export with a user's file in one of its sub-folders, a file) is refused
-  without touching it.
-
-  Args:
-    out_dir: the export directory to write.
-    field: the flag or config field that named it, for the message.
-
-  Raises:
-    ConfigError: naming the path and the first entry that is not ours.
-  """
-  if not os.path.lexists(out_dir):
-    return
-  if os.path.isdir(out_dir) and not os.path.islink(out_dir):
-    entries = sorted(os.listdir(out_dir))
-    if not entries:
-      return
-    meta = export_files.read_meta(out_dir)
-    if meta is not None:
-      foreign = export_files.foreign_entries(out_dir, meta)
-      if not foreign:
-        return
-      raise config_lib.ConfigError(
-          f"{field}={out_dir!r} is invalid: it is an export made by "
-          f"simclr_jax that also holds {export_files.describe_foreign(foreign)}"
-          ", which the export did not write; nothing was written or deleted. "
-          "Move that out or choose a new directory")
-    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-    what = f"a folder holding {shown}"
-  else:
-    what = "a file or link"
-  raise config_lib.ConfigError(
-      f"{field}={out_dir!r} is invalid: it is {what}, not an export made by "
-      "simclr_jax; nothing was written or deleted. Choose a new directory")
-
-
-def _clear_our_leftover(path: str) -> None:
-  """Removes a work folder of an earlier interrupted export, if all ours."""
-  if not os.path.lexists(path):
-    return
-  meta = marker = None
-  if os.path.isdir(path) and not os.path.islink(path):
-    meta = export_files.read_meta(path)
-    if os.path.exists(os.path.join(path, _PARTIAL_MARKER)):
-      marker = _PARTIAL_MARKER
-  foreign = ["the folder itself"]
-  if meta is not None or marker is not None:
-    foreign = export_files.foreign_entries(path, meta, marker)
-  if foreign:
-    raise config_lib.ConfigError(
-        f"{path!r} is in the way of the export beside it and holds "
-        f"{export_files.describe_foreign(foreign)}, which simclr_jax did not "
-        "write; nothing was deleted. Move it away")
-  export_files.remove_export(path, meta, marker)
+# The rules of an export folder (what is ours, what may be replaced).
+is_export = export_files.is_export
+check_export_target = export_files.check_target
+_PARTIAL = export_files.PARTIAL
+_REPLACED = export_files.REPLACED
+_PARTIAL_MARKER = export_files.PARTIAL_MARKER
 
 
 def save_export(out_dir: str, variables: Dict[str, Any],
@@ -298,7 +227,7 @@ def save_export(out_dir: str, variables: Dict[str, Any],
   old = os.path.join(parent, f".{base}{_REPLACED}")
   if jax.process_index() == 0:
     for path in (tmp, old):
-      _clear_our_leftover(path)
+      export_files.clear_leftover(path)
     os.makedirs(tmp)
     open(os.path.join(tmp, _PARTIAL_MARKER), "w").close()
   multihost_utils.sync_global_devices("simclr_jax.export.start")

@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional
 
 from absl import logging
 
+from simclr_jax import config as config_lib
+
 EXPORT_FORMAT = "simclr_jax.export/1"
 FILES_KEY = "files"  # the list in meta.json of what the export wrote
 META = "meta.json"
@@ -162,3 +164,85 @@ def remove_export(path: str, meta: Optional[Dict[str, Any]],
     logging.warning("%s kept %d entries that simclr_jax did not write: %s",
                     path, len(foreign), describe_foreign(sorted(foreign)))
   return sorted(foreign)
+
+
+# Names of our own work folders beside an export being written or replaced.
+PARTIAL = ".simclr_jax-partial"
+REPLACED = ".simclr_jax-replaced"
+PARTIAL_MARKER = ".simclr_jax_partial"  # inside a folder we are writing
+
+
+def is_export(path: str) -> bool:
+  """Whether `path` is an export made by simclr_jax and holds nothing else.
+
+  Nothing else at any depth: every entry is one its meta.json lists as
+  written (older exports: one of the export layout, see the module
+  docstring).
+  """
+  if os.path.islink(path) or not os.path.isdir(path):
+    return False
+  meta = read_meta(path)
+  return meta is not None and not foreign_entries(path, meta)
+
+
+def check_target(out_dir: str, field: str = "--out") -> None:
+  """Refuses an output path that is not ours to replace; call before work.
+
+  Allowed: a path that does not exist, an empty folder, or an export made by
+  simclr_jax holding only what it wrote, at any depth (it is then replaced
+  atomically). Anything else (a workdir, a folder with a user's files, an
+  export with a user's file in one of its sub-folders, a file) is refused
+  without touching it.
+
+  Args:
+    out_dir: the export directory to write.
+    field: the flag or config field that named it, for the message.
+
+  Raises:
+    ConfigError: naming the path and the first entry that is not ours.
+  """
+  if not os.path.lexists(out_dir):
+    return
+  if os.path.isdir(out_dir) and not os.path.islink(out_dir):
+    entries = sorted(os.listdir(out_dir))
+    if not entries:
+      return
+    meta = read_meta(out_dir)
+    if meta is not None:
+      foreign = foreign_entries(out_dir, meta)
+      if not foreign:
+        return
+      raise config_lib.ConfigError(
+          f"{field}={out_dir!r} is invalid: it is an export made by "
+          f"simclr_jax that also holds {describe_foreign(foreign)}"
+          ", which the export did not write; nothing was written or deleted. "
+          "Move that out or choose a new directory")
+    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+    what = f"a folder holding {shown}"
+  else:
+    what = "a file or link"
+  raise config_lib.ConfigError(
+      f"{field}={out_dir!r} is invalid: it is {what}, not an export made by "
+      "simclr_jax; nothing was written or deleted. Choose a new directory")
+
+
+def clear_leftover(path: str) -> None:
+  """Removes a work folder of an earlier interrupted export, if all ours."""
+  if not os.path.lexists(path):
+    return
+  meta = marker = None
+  if os.path.isdir(path) and not os.path.islink(path):
+    meta = read_meta(path)
+    if os.path.exists(os.path.join(path, PARTIAL_MARKER)):
+      marker = PARTIAL_MARKER
+  if meta is None and marker is None:
+    raise config_lib.ConfigError(
+        f"{path!r} is in the way of the export beside it and was not made "
+        "by simclr_jax; nothing was deleted. Move it away")
+  foreign = foreign_entries(path, meta, marker)
+  if foreign:
+    raise config_lib.ConfigError(
+        f"{path!r} is in the way of the export beside it and holds "
+        f"{describe_foreign(foreign)}, which simclr_jax did not write; "
+        "nothing was deleted. Move it away")
+  remove_export(path, meta, marker)
