@@ -456,3 +456,25 @@ def test_a_leftover_work_folder_is_cleared_only_if_all_ours(tmp_path):
     assert _tree(leftover) == before
     shutil.rmtree(leftover)
   assert ckpt_lib.is_export(out) and not ckpt_lib.is_export(old)
+
+
+def test_a_file_put_inside_while_exporting_is_kept_aside(tmp_path,
+                                                         monkeypatch):
+  variables = {"params": {"w": np.ones((2, 3), np.float32)},
+               "batch_stats": {"m": np.zeros(3, np.float32)}}
+  out = str(tmp_path / "export")
+  ckpt_lib.save_export(out, variables, {"depth": 18}, 0, 16)
+  checked = ckpt_lib.check_export_target
+
+  def check_then_user_writes(path, field):
+    checked(path, field)  # passes; then the user puts a file inside
+    with open(os.path.join(path, "variables", "late.txt"), "w") as f:
+      f.write("mine")
+
+  monkeypatch.setattr(ckpt_lib, "check_export_target", check_then_user_writes)
+  ckpt_lib.save_export(out, variables, {"depth": 18}, 0, 32)
+  assert ckpt_lib.read_export_meta(out)["image_size"] == 32
+  assert ckpt_lib.is_export(out)
+  kept = [n for n in os.listdir(tmp_path) if n.startswith("export.kept-")]
+  assert len(kept) == 1 and len(os.listdir(tmp_path)) == 2
+  assert _tree(str(tmp_path / kept[0])) == {"variables/late.txt": b"mine"}
