@@ -9,6 +9,8 @@ file records, same layer and preprocessing). Similarity is the cosine of the
 embeddings; an image of the file is its own nearest neighbour (cosine 1).
 Writes the PNG grid (the query framed in red, then the k nearest with rank
 and cosine) and, beside it, the same list as CSV (rank, path, cosine).
+An existing PNG or CSV there is replaced only if this command wrote it
+(the PNG carries a `simclr_jax` text chunk); both are written atomically.
 """
 
 import csv
