@@ -213,3 +213,116 @@ def test_evaluate_takes_image_size_and_crop_from_the_export(pretrained):
   evaluate._take_preprocessing_from_export(  # pylint: disable=protected-access
       config, pretrained["export"], ["evaluate", "--config.data.image_size=40"])
   assert config.data.image_size == 40
+
+
+# ------------------------------------------------- output files of ours ---
+
+
+def _embeddings(rows=3):
+  return {"embeddings": np.ones((rows, 4), np.float32),
+          "paths": np.array([f"{i}.png" for i in range(rows)]),
+          "skipped": np.array([], np.str_), "layer": np.str_("h"),
+          "image_size": np.int64(16), "crop_proportion": np.float64(1.0),
+          "export": np.str_("e"), "images_root": np.str_("r")}
+
+
+def _empty(path, good):
+  open(path, "wb").close()
+
+
+def _npy_renamed(path, good):
+  with open(path, "wb") as f:
+    np.save(f, np.ones(3))
+
+
+def _truncated(path, good):
+  with open(good, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])
+
+
+def _damaged(path, good):
+  with open(good, "rb") as f:
+    data = bytearray(f.read())
+  data[len(data) // 3] ^= 0xFF  # inside a member: its CRC fails
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+
+
+def _other_npz(path, good):
+  with open(path, "wb") as f:
+    np.savez(f, x=np.ones(2))
+
+
+def _rows_and_paths_differ(path, good):
+  with open(path, "wb") as f:
+    np.savez(f, format=np.str_(embed.EMBEDDINGS_FORMAT),
+             **(_embeddings() | {"paths": np.array(["a"])}))
+
+
+@pytest.mark.parametrize("make,why", [
+    (_empty, "an empty file"),
+    (_npy_renamed, "a .npy array, not an .npz archive"),
+    (_truncated, "not an .npz archive, or a truncated one"),
+    (_damaged, "damaged"),
+    (_other_npz, "without the simclr_jax format marker"),
+    (_rows_and_paths_differ, "do not match paths")])
+def test_embed_refuses_an_out_that_is_not_a_complete_file_of_ours(
+    tmp_path, make, why):
+  good = str(tmp_path / "good.npz")
+  embed.save_embeddings(good, _embeddings())
+  out = str(tmp_path / "out.npz")
+  make(out, good)
+  with open(out, "rb") as f:
+    before = f.read()
+  # Refused first of all: the export and images are never looked at.
+  with pytest.raises(config_lib.ConfigError) as err:
+    embed.embed_folder(str(tmp_path / "no_export"), str(tmp_path / "none"),
+                       out, progress=False)
+  message = str(err.value)
+  assert "\n" not in message and why in message
+  assert message.startswith(f"--out={out!r} is invalid: it exists and is "
+                            "not an embeddings file written by simclr_jax (")
+  with open(out, "rb") as f:
+    assert f.read() == before
+  # Nor is it replaced if it appears while the images are embedded.
+  os.remove(out)
+  embed.save_embeddings(out, _embeddings())
+  make(out, good)
+  with pytest.raises(config_lib.ConfigError, match="not an embeddings file"):
+    embed.save_embeddings(out, _embeddings(5))
+  with open(out, "rb") as f:
+    assert f.read() == before
+  assert sorted(os.listdir(tmp_path)) == ["good.npz", "out.npz"]
+
+
+def test_a_complete_embeddings_file_of_ours_is_replaced(tmp_path):
+  out = str(tmp_path / "e.npz")
+  embed.save_embeddings(out, _embeddings(3))
+  embed.check_out_file(out)  # accepted
+  embed.save_embeddings(out, _embeddings(5))
+  with np.load(out) as f:
+    assert f["embeddings"].shape == (5, 4)
+  assert os.listdir(tmp_path) == ["e.npz"]  # no temporary file left
+
+
+def test_neighbours_replace_only_their_own_picture_and_table(pretrained,
+                                                             tmp_path):
+  emb = neighbors.load_embeddings(pretrained["npz"])
+  out, table = tmp_path / "nb.png", tmp_path / "nb.csv"
+  Image.new("RGB", (4, 4)).save(out)  # a user's picture
+  with pytest.raises(config_lib.ConfigError, match="not a neighbours "
+                     "picture written by simclr_jax .a PNG without"):
+    neighbors.write_neighbours(emb, "0", 3, str(out))
+  out.unlink()
+  table.write_text("name,score\nx,1\n")  # a user's table beside it
+  with pytest.raises(config_lib.ConfigError, match="not a neighbours table"):
+    neighbors.write_neighbours(emb, "0", 3, str(out))
+  assert table.read_text() == "name,score\nx,1\n" and not out.exists()
+  table.unlink()
+  neighbors.write_neighbours(emb, "0", 3, str(out))
+  neighbors.write_neighbours(emb, "1", 3, str(out))  # ours: replaced
+  assert sorted(os.listdir(tmp_path)) == ["nb.csv", "nb.png"]
+  with open(table) as f:
+    assert list(csv.DictReader(f))[0]["path"] == str(emb["paths"][1])

@@ -96,6 +96,80 @@ def test_an_existing_export_is_replaced_and_siblings_are_kept(reference,
                                           "export.tmp"]
 
 
+def _meta(out):
+  with open(os.path.join(out, "meta.json")) as f:
+    return json.load(f)
+
+
+def test_an_export_lists_what_it_wrote(reference, tmp_path):
+  workdir, _ = reference
+  out = str(tmp_path / "export")
+  export.export_workdir(workdir, out, step=2)
+  listed = _meta(out)["files"]
+  found = sorted(p + ("/" if os.path.isdir(os.path.join(out, p)) else "")
+                 for p in (os.path.relpath(os.path.join(r, n), out)
+                           for r, ds, fs in os.walk(out) for n in ds + fs))
+  assert sorted(listed + ["meta.json"]) == found
+  assert "variables/manifest.ocdbt" in listed
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "older"])
+def test_a_users_file_inside_an_export_is_never_deleted(reference, tmp_path,
+                                                        listed):
+  workdir, _ = reference
+  out = str(tmp_path / "export")
+  export.export_workdir(workdir, out, step=2)
+  if not listed:  # as exports were written before they listed their files
+    meta = _meta(out)
+    del meta["files"]
+    with open(os.path.join(out, "meta.json"), "w") as f:
+      json.dump(meta, f)
+    assert export.export_workdir(workdir, out, step=4)["extra"]["step"] == 4
+    with open(os.path.join(out, "meta.json"), "w") as f:
+      json.dump(meta, f)
+  for mine, named in (("variables/d/notes.txt", "'variables/d/notes.txt'"),
+                      ("variables/mine/", "'variables/mine/'"),
+                      ("extra/a/b.txt", "'extra/' and 2 more")):
+    path = os.path.join(out, mine)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not mine.endswith("/"):
+      with open(path, "w") as f:
+        f.write("mine")
+    before = _tree(out)
+    with pytest.raises(config_lib.ConfigError) as err:
+      export.export_workdir(workdir, out, step=6)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"also holds {named}, which the export did not write" in message
+    assert "nothing was written or deleted" in message
+    assert _tree(out) == before and os.path.exists(path)
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    if mine.endswith("/"):
+      os.rmdir(path)
+    else:
+      os.remove(path)
+      if mine.startswith("extra"):
+        shutil.rmtree(os.path.join(out, "extra"))
+  # Clean again: replaced, and nothing of ours is left beside it.
+  assert export.export_workdir(workdir, out, step=6)["extra"]["step"] == 6
+  assert sorted(os.listdir(tmp_path)) == ["export"]
+
+
+def test_convert_refuses_an_export_holding_a_users_file(reference, tmp_path):
+  from simclr_jax.tools import convert  # pylint: disable=g-import-not-at-top
+  workdir, _ = reference
+  out = str(tmp_path / "export")
+  export.export_workdir(workdir, out, step=2)
+  os.makedirs(os.path.join(out, "variables", "mine"))
+  with open(os.path.join(out, "variables", "mine", "x.txt"), "w") as f:
+    f.write("mine")
+  before = _tree(out)
+  with pytest.raises(config_lib.ConfigError, match="also holds "
+                     "'variables/mine/'"):  # before the checkpoint is read
+    convert.convert_to_export(str(tmp_path / "no_checkpoint"), out)
+  assert _tree(out) == before
+
+
 def test_convert_refuses_a_workdir_as_out(reference):
   workdir, _ = reference
   before = _tree(workdir)
@@ -382,3 +456,57 @@ def test_fields_added_since_a_workdir_was_made_are_not_changes():
   config.loss.temperature = 0.3  # a real change still counts
   assert workdir_lib.changed_fields(stored, config) == [
       "loss.temperature: 0.2 -> 0.3"]
+
+
+def test_a_leftover_work_folder_is_cleared_only_if_all_ours(tmp_path):
+  variables = {"params": {"w": np.ones((2, 3), np.float32)},
+               "batch_stats": {"m": np.zeros(3, np.float32)}}
+  out = str(tmp_path / "export")
+  save = lambda: ckpt_lib.save_export(out, variables, {"depth": 18}, 0, 16)
+  save()
+  # An interrupted replacement left the old export aside, and an
+  # interrupted export left its work folder (orbax's own work folder in it).
+  old = str(tmp_path / ".export.simclr_jax-replaced")
+  shutil.copytree(out, old)
+  partial = str(tmp_path / ".export.simclr_jax-partial")
+  shutil.copytree(os.path.join(out, "variables"),
+                  os.path.join(partial, "variables.orbax-checkpoint-tmp-17"))
+  open(os.path.join(partial, ".simclr_jax_partial"), "w").close()
+  save()  # both cleared: all ours
+  assert sorted(os.listdir(tmp_path)) == ["export"]
+  for leftover in (old, partial):
+    shutil.copytree(out, leftover)
+    if leftover == partial:
+      open(os.path.join(partial, ".simclr_jax_partial"), "w").close()
+    with open(os.path.join(leftover, "variables", "mine.txt"), "w") as f:
+      f.write("mine")
+    before = _tree(leftover)
+    with pytest.raises(config_lib.ConfigError,
+                       match="holds 'variables/mine.txt', which simclr_jax "
+                       "did not write; nothing was deleted"):
+      save()
+    assert _tree(leftover) == before
+    shutil.rmtree(leftover)
+  assert ckpt_lib.is_export(out) and not ckpt_lib.is_export(old)
+
+
+def test_a_file_put_inside_while_exporting_is_kept_aside(tmp_path,
+                                                         monkeypatch):
+  variables = {"params": {"w": np.ones((2, 3), np.float32)},
+               "batch_stats": {"m": np.zeros(3, np.float32)}}
+  out = str(tmp_path / "export")
+  ckpt_lib.save_export(out, variables, {"depth": 18}, 0, 16)
+  checked = ckpt_lib.check_export_target
+
+  def check_then_user_writes(path, field):
+    checked(path, field)  # passes; then the user puts a file inside
+    with open(os.path.join(path, "variables", "late.txt"), "w") as f:
+      f.write("mine")
+
+  monkeypatch.setattr(ckpt_lib, "check_export_target", check_then_user_writes)
+  ckpt_lib.save_export(out, variables, {"depth": 18}, 0, 32)
+  assert ckpt_lib.read_export_meta(out)["image_size"] == 32
+  assert ckpt_lib.is_export(out)
+  kept = [n for n in os.listdir(tmp_path) if n.startswith("export.kept-")]
+  assert len(kept) == 1 and len(os.listdir(tmp_path)) == 2
+  assert _tree(str(tmp_path / kept[0])) == {"variables/late.txt": b"mine"}

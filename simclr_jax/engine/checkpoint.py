@@ -8,9 +8,12 @@ An export is a self-contained encoder artifact:
   <export>/meta.json      model config, num_classes, image convention, the
                           evaluation preprocessing, extras
   <export>/variables/     orbax StandardCheckpointer of {'params', 'batch_stats'}
-It is written to a hidden work folder beside it and renamed into place, so an
-existing export is never left half-overwritten; a path that holds anything
-but an export of ours (a workdir, a user's files) is refused, never deleted.
+meta.json also lists every file and folder the export wrote
+(`export_files`). It is written to a hidden work folder beside it and renamed
+into place, so an existing export is never left half-overwritten; replacing
+one removes only what it lists. A path that holds anything else, at any depth
+(a workdir, a user's files, a user's file inside an export's sub-folder), is
+refused, never deleted.
 
 A checkpoint that cannot be read is set aside in
 `<workdir>/checkpoints.unreadable/` and the run resumes from an older one;
@@ -19,7 +22,6 @@ only a readable checkpoint of other shapes counts as a different model.
 
 import json
 import os
-import shutil
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -31,8 +33,9 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from simclr_jax import config as config_lib
+from simclr_jax.engine import export_files
 
-EXPORT_FORMAT = "simclr_jax.export/1"
+EXPORT_FORMAT = export_files.EXPORT_FORMAT
 # The official evaluation centre crop above 32 px (`data_util.CROP_PROPORTION`).
 OFFICIAL_CROP = 0.875
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -170,67 +173,12 @@ def check_shapes(saved: Any, target: Any, what: str) -> None:
                      f"{shown}{more}")
 
 
-# Names of our own work folders beside an export being written or replaced.
-_PARTIAL = ".simclr_jax-partial"
-_REPLACED = ".simclr_jax-replaced"
-_PARTIAL_MARKER = ".simclr_jax_partial"  # inside a folder we are writing
-_EXPORT_ENTRIES = {"meta.json", "variables"}
-
-
-def is_export(path: str) -> bool:
-  """Whether `path` is an export made by simclr_jax and nothing else."""
-  meta_path = os.path.join(path, "meta.json")
-  if not os.path.isfile(meta_path):
-    return False
-  try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except (OSError, ValueError):
-    return False
-  return (isinstance(meta, dict) and meta.get("format") == EXPORT_FORMAT and
-          set(os.listdir(path)) <= _EXPORT_ENTRIES)
-
-
-def check_export_target(out_dir: str, field: str = "--out") -> None:
-  """Refuses an output path that is not ours to replace; call before work.
-
-  Allowed: a path that does not exist, an empty folder, or an export made by
-  simclr_jax (which is then replaced atomically). Anything else (a workdir,
-  a folder with a user's files, a file) is refused without touching it.
-
-  Args:
-    out_dir: the export directory to write.
-    field: the flag or config field that named it, for the message.
-
-  Raises:
-    ConfigError: naming the path and what it holds.
-  """
-  if not os.path.lexists(out_dir):
-    return
-  if os.path.isdir(out_dir) and not os.path.islink(out_dir):
-    entries = sorted(os.listdir(out_dir))
-    if not entries or is_export(out_dir):
-      return
-    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
-    what = f"a folder holding {shown}"
-  else:
-    what = "a file or link"
-  raise config_lib.ConfigError(
-      f"{field}={out_dir!r} is invalid: it is {what}, not an export made by "
-      "simclr_jax; nothing was written or deleted. Choose a new directory")
-
-
-def _clear_our_leftover(path: str) -> None:
-  """Removes a work folder of an earlier interrupted export, if ours."""
-  if not os.path.lexists(path):
-    return
-  ours = os.path.isdir(path) and not os.path.islink(path) and (
-      os.path.exists(os.path.join(path, _PARTIAL_MARKER)) or is_export(path))
-  if not ours:
-    raise config_lib.ConfigError(
-        f"{path!r} is in the way of the export beside it and was not made by "
-        "simclr_jax; nothing was deleted. Move it away")
-  shutil.rmtree(path)
+# The rules of an export folder (what is ours, what may be replaced).
+is_export = export_files.is_export
+check_export_target = export_files.check_target
+_PARTIAL = export_files.PARTIAL
+_REPLACED = export_files.REPLACED
+_PARTIAL_MARKER = export_files.PARTIAL_MARKER
 
 
 def save_export(out_dir: str, variables: Dict[str, Any],
@@ -238,6 +186,9 @@ def save_export(out_dir: str, variables: Dict[str, Any],
                 image_size: int, extra: Optional[Dict[str, Any]] = None,
                 field: str = "--out", crop_proportion: float = 1.0) -> None:
   """Writes an encoder export (see module docstring); atomic on one filesystem.
+
+  meta.json lists every file and folder the export wrote, so that replacing
+  it later removes exactly those.
 
   Args:
     out_dir: the export directory to create or replace.
@@ -253,7 +204,8 @@ def save_export(out_dir: str, variables: Dict[str, Any],
 
   Raises:
     ConfigError: `out_dir` exists and is not an export made by simclr_jax
-      (see `check_export_target`); nothing is written or deleted then.
+      holding only what it wrote (see `check_export_target`); nothing is
+      written or deleted then.
   """
   out_dir = os.path.abspath(out_dir)
   check_export_target(out_dir, field)
@@ -275,23 +227,34 @@ def save_export(out_dir: str, variables: Dict[str, Any],
   old = os.path.join(parent, f".{base}{_REPLACED}")
   if jax.process_index() == 0:
     for path in (tmp, old):
-      _clear_our_leftover(path)
+      export_files.clear_leftover(path)
     os.makedirs(tmp)
     open(os.path.join(tmp, _PARTIAL_MARKER), "w").close()
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-      json.dump(meta, f, indent=2, sort_keys=True)
   multihost_utils.sync_global_devices("simclr_jax.export.start")
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(tmp, "variables"), host_vars)
   ckptr.wait_until_finished()
   ckptr.close()
+  multihost_utils.sync_global_devices("simclr_jax.export.saved")
   if jax.process_index() == 0:
+    meta[export_files.FILES_KEY] = [
+        e for e in export_files.list_entries(tmp) if e != _PARTIAL_MARKER]
+    with open(os.path.join(tmp, export_files.META), "w") as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
     os.remove(os.path.join(tmp, _PARTIAL_MARKER))
     if os.path.lexists(out_dir):
       os.rename(out_dir, old)  # an export of ours (checked above) or empty
     os.rename(tmp, out_dir)
     if os.path.lexists(old):
-      shutil.rmtree(old)
+      kept = export_files.remove_export(old, export_files.read_meta(old))
+      if kept:  # put there while this export was being written
+        aside = f"{out_dir}.kept-{int(time.time())}"
+        os.rename(old, aside)
+        logging.warning("%s held %s, which the replaced export did not "
+                        "write; moved to %s", out_dir,
+                        export_files.describe_foreign(kept), aside)
   multihost_utils.sync_global_devices("simclr_jax.export.done")
 
 

@@ -17,7 +17,8 @@ Read it with `np.load(path)` (allow_pickle stays False).
 
 import os
 import time
-from typing import Any, Dict
+import zipfile
+from typing import Any, Dict, Optional
 
 import numpy as np
 from absl import app
@@ -28,38 +29,77 @@ from simclr_jax import api
 from simclr_jax import config as config_lib
 from simclr_jax import imagefiles
 from simclr_jax.engine import logs
+from simclr_jax.tools import outputs
 
 EMBEDDINGS_FORMAT = "simclr_jax.embeddings/1"
+# What `embed_folder` writes besides the format marker.
+EMBEDDINGS_KEYS = ("embeddings", "paths", "skipped", "layer", "image_size",
+                   "crop_proportion", "export", "images_root")
+
+
+def _member_shape(archive: zipfile.ZipFile, key: str) -> tuple:
+  """The shape of array `key` of an .npz, from its header alone."""
+  with archive.open(key + ".npy") as member:
+    version = np.lib.format.read_magic(member)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    return read(member)[0]
+
+
+def embeddings_problem(path: str) -> Optional[str]:
+  """Why the file `path` is not a complete embeddings file of ours, or None.
+
+  A complete one is an .npz archive whose every member is intact (CRC), with
+  the format marker, every key `embed_folder` writes, and as many rows of
+  embeddings as paths.
+  """
+  with open(path, "rb") as f:
+    head = f.read(6)
+  if not head:
+    return "an empty file"
+  if head == b"\x93NUMPY":
+    return "a .npy array, not an .npz archive"
+  if not zipfile.is_zipfile(path):
+    return "not an .npz archive, or a truncated one"
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      if "format" not in f.files:
+        return "an .npz without the simclr_jax format marker"
+      found = str(f["format"])
+      if found != EMBEDDINGS_FORMAT:
+        return f"format {found[:60]!r}, not {EMBEDDINGS_FORMAT!r}"
+      missing = [k for k in EMBEDDINGS_KEYS if k not in f.files]
+      if missing:
+        return f"no {', '.join(missing)}"
+      broken = f.zip.testzip()
+      if broken is not None:
+        return f"member {broken} is damaged"
+      rows, names = (_member_shape(f.zip, k) for k in ("embeddings", "paths"))
+  except Exception as e:  # pylint: disable=broad-except
+    # Whatever a damaged archive raises (BadZipFile, EOFError, zlib.error..).
+    return f"damaged ({type(e).__name__})"
+  if len(rows) != 2 or len(names) != 1 or rows[0] != names[0]:
+    return f"embeddings {rows} do not match paths {names}"
+  return None
 
 
 def check_out_file(out: str) -> None:
   """Refuses an --out that would replace anything but our embeddings file."""
   if not out.endswith(".npz"):
     config_lib.fail("--out", out, "must end in .npz")
-  if os.path.isdir(out):
-    config_lib.fail("--out", out, "is a directory; give a file name")
-  if os.path.lexists(out):
-    try:
-      with np.load(out) as f:
-        ours = str(f["format"]) == EMBEDDINGS_FORMAT
-    except (OSError, ValueError, KeyError):
-      ours = False
-    if not ours:
-      config_lib.fail("--out", out, "exists and is not an embeddings file of "
-                      "simclr_jax; nothing was replaced. Choose another name")
+  outputs.check_replaceable("--out", out, "an embeddings file",
+                            embeddings_problem)
 
 
 def save_embeddings(out: str, arrays: Dict[str, Any]) -> None:
-  """Writes the .npz atomically: a hidden file beside it, then a rename."""
-  directory, base = os.path.split(os.path.abspath(out))
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, f".{base}.{os.getpid()}.partial.npz")
-  try:
-    np.savez(tmp, format=np.str_(EMBEDDINGS_FORMAT), **arrays)
-    os.replace(tmp, out)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """Writes the .npz atomically: a hidden file beside it, then a rename.
+
+  The --out check runs again just before the rename, so a file put there
+  while the images were embedded is not replaced either.
+  """
+  outputs.write_atomic(
+      out, lambda f: np.savez(f, format=np.str_(EMBEDDINGS_FORMAT), **arrays),
+      check=lambda: check_out_file(out))
 
 
 def embed_folder(export: str, images: str, out: str, batch_size: int = 64,

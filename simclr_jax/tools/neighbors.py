@@ -9,11 +9,14 @@ file records, same layer and preprocessing). Similarity is the cosine of the
 embeddings; an image of the file is its own nearest neighbour (cosine 1).
 Writes the PNG grid (the query framed in red, then the k nearest with rank
 and cosine) and, beside it, the same list as CSV (rank, path, cosine).
+An existing PNG or CSV there is replaced only if this command wrote it
+(the PNG carries a `simclr_jax` text chunk); both are written atomically.
 """
 
 import csv
+import io
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from absl import app
@@ -22,6 +25,71 @@ from absl import flags
 from simclr_jax import config as config_lib
 from simclr_jax import imagefiles
 from simclr_jax.engine import logs
+from simclr_jax.tools import outputs
+
+
+NEIGHBOURS_FORMAT = "simclr_jax.neighbors/1"  # a text chunk of the PNG
+CSV_HEADER = ("rank", "path", "cosine")
+
+
+def csv_path_of(out: str) -> str:
+  """The CSV written beside the PNG `out`."""
+  return os.path.splitext(out)[0] + ".csv"
+
+
+def _write_png(f, grid: np.ndarray) -> None:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import PngImagePlugin  # pylint: disable=g-import-not-at-top
+  info = PngImagePlugin.PngInfo()
+  info.add_text("simclr_jax", NEIGHBOURS_FORMAT)
+  Image.fromarray(np.asarray(grid, np.uint8)).save(f, format="PNG",
+                                                    pnginfo=info)
+
+
+def png_problem(path: str) -> Optional[str]:
+  """Why `path` is not a complete neighbours picture of ours, or None."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with open(path, "rb") as f:
+    if f.read(8) != b"\x89PNG\r\n\x1a\n":
+      return "not a PNG image"
+  try:
+    with Image.open(path) as image:
+      marker = image.info.get("simclr_jax")
+      image.load()  # reads every pixel: a truncated file fails here
+  except Exception as e:  # pylint: disable=broad-except
+    return f"a damaged PNG ({type(e).__name__})"
+  if marker != NEIGHBOURS_FORMAT:
+    return "a PNG without the simclr_jax neighbours marker"
+  return None
+
+
+def csv_problem(path: str) -> Optional[str]:
+  """Why `path` is not a complete neighbours CSV of ours, or None."""
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      table = list(csv.reader(f))
+  except (UnicodeDecodeError, csv.Error) as e:
+    return f"not a CSV ({type(e).__name__})"
+  if not table or tuple(table[0]) != CSV_HEADER:
+    return "its first line is not rank,path,cosine"
+  for line, row in enumerate(table[1:], start=2):
+    ok = len(row) == 3
+    try:
+      ok = ok and int(row[0]) >= 1 and float(row[2]) <= 1.0 + 1e-6
+    except ValueError:
+      ok = False
+    if not ok:
+      return f"line {line} is not rank,path,cosine"
+  return None
+
+
+def check_outputs(out: str) -> None:
+  """Refuses --out (and its CSV) unless absent or written by this command."""
+  if not out.endswith(".png"):
+    config_lib.fail("--out", out, "must end in .png")
+  outputs.check_replaceable("--out", out, "a neighbours picture", png_problem)
+  outputs.check_replaceable("--out", csv_path_of(out),
+                            "a neighbours table", csv_problem)
 
 
 def load_embeddings(path: str) -> Dict[str, Any]:
@@ -106,7 +174,7 @@ def write_neighbours(emb: Dict[str, Any], query: str, k: int, out: str,
     [(rank, relative path, cosine)] of the neighbours, nearest first.
   """
   from simclr_jax.evals import plots  # pylint: disable=g-import-not-at-top
-  from simclr_jax.evals import preview  # pylint: disable=g-import-not-at-top
+  check_outputs(out)
   vector, caption, query_file = query_vector(emb, query)
   idx, cos = nearest(emb["embeddings"], vector, k)
   paths, root = [str(p) for p in emb["paths"]], str(emb["images_root"])
@@ -116,14 +184,15 @@ def write_neighbours(emb: Dict[str, Any], query: str, k: int, out: str,
   grid = plots.plot_neighbours(
       imagefiles.read_image(query_file), images, f"query: {caption}"[:40],
       [f"#{r} cos {c:.3f}" for r, _, c in rows], tile_px, columns)
-  preview.save_png(out, grid)
-  csv_path = os.path.splitext(out)[0] + ".csv"
-  tmp = csv_path + ".partial"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["rank", "path", "cosine"])
-    writer.writerows((r, p, f"{c:.6f}") for r, p, c in rows)
-  os.replace(tmp, csv_path)
+  csv_path = csv_path_of(out)
+  table = io.StringIO(newline="")
+  writer = csv.writer(table)
+  writer.writerow(CSV_HEADER)
+  writer.writerows((r, p, f"{c:.6f}") for r, p, c in rows)
+  outputs.write_atomic(out, lambda f: _write_png(f, grid),
+                       check=lambda: check_outputs(out))
+  outputs.write_atomic(csv_path, lambda f: f.write(table.getvalue().encode()),
+                       check=lambda: check_outputs(out))
   return rows
 
 
@@ -135,14 +204,13 @@ def main(argv) -> None:
   for name in ("k", "tile_px", "columns"):
     if fv[name].value < 1:
       config_lib.fail(f"--{name}", fv[name].value, "must be >= 1")
-  if not fv.out.endswith(".png"):
-    config_lib.fail("--out", fv.out, "must end in .png")
+  check_outputs(fv.out)  # before any work
   emb = load_embeddings(fv.embeddings)
   rows = write_neighbours(emb, fv.query, fv.k, fv.out, fv.tile_px,
                           fv.columns)
   for rank, path, cos in rows:
     print(f"{rank:3d}  {cos:.4f}  {path}")
-  print(f"wrote {fv.out} and {os.path.splitext(fv.out)[0]}.csv")
+  print(f"wrote {fv.out} and {csv_path_of(fv.out)}")
 
 
 def cli() -> None:
