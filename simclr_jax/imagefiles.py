@@ -131,11 +131,17 @@ def bmp_problem(header: bytes) -> Optional[str]:
 
 
 def gif_frames(data: bytes) -> Tuple[List[Tuple[int, int, int, int]], int]:
-  """A GIF's frame rectangles (left, top, width, height), in order, and the
-  colour count of the first frame's colour table.
+  """A GIF's frame rectangles and the first frame's colour count.
+
+  Args:
+    data: the file's bytes.
+
+  Returns:
+    ([(left, top, width, height)] of the frames whose descriptor is there,
+    in order; the size of the first frame's colour table).
 
   Raises:
-    OSError: the block structure is broken.
+    OSError: no frame, or a broken block structure.
   """
   try:
     flags, pos = data[10], 13
@@ -162,8 +168,8 @@ def gif_frames(data: bytes) -> Tuple[List[Tuple[int, int, int, int]], int]:
       while data[pos]:
         pos += data[pos] + 1
       pos += 1
-  except (IndexError, struct.error) as e:
-    raise OSError("truncated GIF") from e
+  except (IndexError, struct.error):
+    pass  # truncated: TensorFlow keeps the frames read so far
   if not frames:
     raise OSError("GIF without frames")
   return frames, first_colours

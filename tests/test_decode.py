@@ -145,6 +145,13 @@ def _corpus():
           _encode(pal, "GIF", transparency=3), 1, 4),
   }
   files["cmyk_no_adobe.jpg"] = _strip_adobe(files["cmyk.jpg"])
+  # Truncated GIFs: TensorFlow keeps the frames read so far; a cut inside
+  # the first frame fails in both decoders.
+  noise = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), np.uint8)
+                           ).quantize(64) for _ in range(3)]
+  gif = _encode(noise[0], "GIF", save_all=True, append_images=noise[1:])
+  files["no_trailer.gif"] = gif[:-1]
+  files["cut_in_frame_2.gif"] = gif[:len(gif) * 2 // 3]
   expected = {
       "rgb.png": rgb, "rgb.bmp": rgb, "rgba.bmp": rgb, "lossless.webp": rgb,
       "rgba.png": rgb, "rgba.webp": rgb, "png_named.jpg": rgb,
@@ -157,6 +164,7 @@ def _corpus():
       "tiff_named.png": _encode(Image.fromarray(rgb), "TIFF"),
       "truncated.png": files["rgb.png"][:60],
       "truncated.jpg": files["rgb.jpg"][:len(files["rgb.jpg"]) // 2],
+      "cut_in_frame_1.gif": gif[:1000],  # frame 1: about 2 kB of noise
       "text.webp": b"not an image at all",
   }
   return files, refused, expected
