@@ -19,18 +19,21 @@ accepts, and refuse the same files (tests/test_decode.py):
 * PNG at any bit depth: 16-bit samples keep their high byte (v >> 8), as
   TensorFlow's PNG decoder; palette expanded; alpha dropped, not composited;
   greyscale replicated to three channels; an animated PNG's default image;
-* GIF: the first frame; its transparent pixels and the canvas outside it
-  are black (TensorFlow's rule);
+* GIF: the first frame, on TensorFlow's canvas (the largest frame's width
+  and height, not the GIF's screen size); its transparent pixels and the
+  canvas outside it are black; a file cut after its first frame still
+  decodes;
 * WebP, lossy or lossless, with or without alpha (dropped), animated: the
   first frame;
 * BMP: uncompressed 24- or 32-bit (the fourth byte dropped). Palette, 16-bit
   and RLE-compressed BMPs are refused: TensorFlow reads an 8-bit BMP's
   palette indices as grey levels.
 
-Anything else (TIFF, a file whose contents are not what its name says and
-not another accepted format, corrupt or truncated files) cannot be decoded:
-training names it and stops, or skips it with `data.skip_corrupt`; embed
-names it and stops, or skips it with `--skip_unreadable`.
+Files are decoded by their contents, not their name (a PNG named .jpg is
+read as a PNG). Anything else (TIFF, a TIFF named .png, corrupt or truncated
+files) cannot be decoded: training names it and stops, or skips it with
+`data.skip_corrupt` and names it in the log; embed names it and stops, or
+skips it with `--skip_unreadable` and names it in the log and the .npz.
 """
 
 import os
@@ -192,14 +195,15 @@ def _gif_rgb(image) -> np.ndarray:
   index = np.asarray(image)[top:top + height, left:left + width]
   if index.shape != (height, width):
     raise UnsupportedImage("GIF frame outside its screen")
-  if colours and index.max() >= colours:
+  if colours and index.size and index.max() >= colours:
     raise UnsupportedImage("GIF colour index outside its colour table")
   rgb = np.asarray(image.convert("RGB"), np.uint8)[top:top + height,
                                                     left:left + width].copy()
   if transparency is not None:
     rgb[index == transparency] = 0
   out = np.zeros((canvas_h, canvas_w, 3), np.uint8)
-  h, w = max(0, min(height, canvas_h - top)), max(0, min(width, canvas_w - left))
+  h = max(0, min(height, canvas_h - top))
+  w = max(0, min(width, canvas_w - left))
   out[top:top + h, left:left + w] = rgb[:h, :w]
   return out
 
