@@ -82,6 +82,19 @@ def _small_first_frame(gif, left, top):
   return bytes(b)
 
 
+def _top_down(bmp):
+  """A bottom-up 24-bit BMP stored top-down (negative height)."""
+  b = bytearray(bmp)
+  height, = struct.unpack_from("<i", b, 22)
+  start, = struct.unpack_from("<I", b, 10)
+  row = (len(b) - start) // height
+  rows = [bytes(b[start + i * row:start + (i + 1) * row])
+          for i in range(height)]
+  b[start:] = b"".join(rows[::-1])
+  struct.pack_into("<i", b, 22, -height)
+  return bytes(b)
+
+
 def _encode(image, fmt, **kwargs):
   buf = io.BytesIO()
   image.save(buf, fmt, **kwargs)
@@ -132,11 +145,14 @@ def _corpus():
       "png_named.jpg": _encode(Image.fromarray(rgb), "PNG"),
       "rgb.bmp": _encode(Image.fromarray(rgb), "BMP"),
       "rgba.bmp": _encode(Image.fromarray(rgba, "RGBA"), "BMP"),
+      "top_down.bmp": _top_down(_encode(Image.fromarray(rgb), "BMP")),
       "lossless.webp": _encode(Image.fromarray(rgb), "WEBP", lossless=True),
       "lossy.webp": _encode(Image.fromarray(smooth), "WEBP", quality=80),
       "rgba.webp": _encode(Image.fromarray(rgba, "RGBA"), "WEBP",
                            lossless=True, exact=True),  # keeps RGB under a=0
       "animated.webp": _encode(frames[0], "WEBP", lossless=True, **animation),
+      "lossy_alpha.webp": _encode(Image.fromarray(np.dstack(
+          [smooth, smooth[..., :1]]), "RGBA"), "WEBP", quality=70),
       "palette.gif": _encode(pal, "GIF"),
       "transparent.gif": _encode(pal, "GIF", transparency=3),
       "animated.gif": _encode(frames[0], "GIF", **animation),
@@ -154,6 +170,7 @@ def _corpus():
   files["cut_in_frame_2.gif"] = gif[:len(gif) * 2 // 3]
   expected = {
       "rgb.png": rgb, "rgb.bmp": rgb, "rgba.bmp": rgb, "lossless.webp": rgb,
+      "top_down.bmp": rgb,
       "rgba.png": rgb, "rgba.webp": rgb, "png_named.jpg": rgb,
       "grey16.png": np.repeat((g16 >> 8).astype(np.uint8), 3, axis=2),
       "rgb16.png": (rgb16 >> 8).astype(np.uint8),
