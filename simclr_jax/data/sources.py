@@ -239,7 +239,8 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     image = tf.gather(image, tf.where(grey, [0, 0, 0], [0, 1, 2]), axis=2)
     return image
 
-  ok = tf.logical_or(tf.logical_not(_is_bmp(encoded)), _bmp_accepted(encoded))
+  ok = tf.cond(_is_bmp(encoded), lambda: _bmp_accepted(encoded),
+               lambda: tf.constant(True))
   with tf.control_dependencies([tf.debugging.Assert(ok, [
       "BMP other than uncompressed 24/32-bit: not read"])]):
     image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
