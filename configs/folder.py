@@ -3,8 +3,8 @@
   python -m simclr_jax.main --config=configs/folder.py \\
       --config.data.data_dir=PATH/TO/IMAGES --workdir=runs/mine
 
-PATH/TO/IMAGES is any tree of JPEG, PNG, WebP or BMP files of any size and
-aspect ratio (unlabelled), or PATH/TO/IMAGES/train/<class>/<image> (and
+PATH/TO/IMAGES is any tree of JPEG, PNG, GIF, WebP or BMP files of any size
+and aspect ratio (unlabelled), or PATH/TO/IMAGES/train/<class>/<image> (and
 optionally test/<class>/<image>) for labelled images. Without a `test`
 folder, 10% of the images are held out (seeded) to watch the encoder learn:
 with labels the kNN monitor and online probe, without them the held-out

@@ -276,10 +276,15 @@ class Encoder:
 
 
 class UnreadableImage(ValueError):
-  """An image file that cannot be decoded (corrupt, truncated, not an image)."""
+  """An image file that cannot be decoded.
+
+  Corrupt, truncated, not an image, or a kind of image that training does
+  not read the same way (`imagefiles.UnsupportedImage`).
+  """
 
   def __init__(self, path: str, error: Exception):
-    super().__init__(f"{path}: cannot be decoded as an image ({error})")
+    super().__init__(f"{path}: cannot be decoded as an image ({error}; "
+                     f"read: {imagefiles.FORMATS})")
     self.path = path
 
 

@@ -8,11 +8,13 @@ import tensorflow as tf
 from configs import cifar10
 from configs import imagenet
 from simclr_jax import augment_jax
+from simclr_jax import imagefiles
 from simclr_jax.tools import benchmark
 from simclr_jax.data import augment
 from simclr_jax.data import fast
 from simclr_jax.data import photometric
 from simclr_jax.data import pipeline
+from simclr_jax.data import sources
 
 SIZE = 48
 BATCH = 32
@@ -118,7 +120,7 @@ def test_on_device_host_part_is_the_reference_crop(folder):
   views = []
   for candidate in paths:
     image = tf.image.convert_image_dtype(
-        tf.io.decode_jpeg(tf.io.read_file(candidate), channels=3), tf.float32)
+        sources.decode_image(tf.io.read_file(candidate)), tf.float32)
     keys = tf.random.experimental.stateless_split(key, 2)
     views.append(np.stack([augment.random_resized_crop(
         image, tf.unstack(tf.random.experimental.stateless_split(
@@ -300,7 +302,8 @@ def test_dct_window_views_are_scaled_decodes_of_the_same_boxes(folder):
   lo, hi = tf.constant([17, 6]), tf.constant([414, 613])
   for ratio in fast.DCT_RATIOS:
     views = fast._window_views(encoded, shape, boxes, lo, hi, SIZE, ratio)  # pylint: disable=protected-access
-    scaled = tf.io.decode_jpeg(encoded, channels=3, ratio=ratio).numpy()
+    scaled = tf.io.decode_jpeg(encoded, channels=3, ratio=ratio,
+                               dct_method=imagefiles.JPEG_DCT_METHOD).numpy()
     assert scaled.shape[:2] == (-(-427 // ratio), -(-640 // ratio))
     for (begin, box), view in zip(boxes, views):
       b, n = begin.numpy()[:2], box.numpy()[:2]

@@ -28,8 +28,10 @@ boxes and the same random choices for the same seed), with less work:
   resampling differs (the scaled decode low-passes before the bicubic
   resize, where the reference's resize aliases).
 
-Sources that are not JPEG (PNG folders, decoded pixel tables) take the
-reference decode and the same per-view code.
+JPEGs decode with the reference's IDCT (`imagefiles.JPEG_DCT_METHOD`), so
+the window holds the reference's pixels. Sources that are not JPEG (PNG
+folders, decoded pixel tables) take the reference decode and the same
+per-view code.
 """
 
 import functools
@@ -37,6 +39,7 @@ from typing import Any, List
 
 from simclr_jax.data.tf_host import tf
 
+from simclr_jax import imagefiles
 from simclr_jax.data import augment
 from simclr_jax.data import photometric
 from simclr_jax.data import sources
@@ -251,7 +254,8 @@ def _window_views(encoded: tf.Tensor, shape: tf.Tensor, boxes, lo, hi,
   w_lo = lo // ratio
   w_hi = tf.minimum((hi + ratio - 1) // ratio, scaled_hw)
   window = tf.io.decode_and_crop_jpeg(
-      encoded, tf.concat([w_lo, w_hi - w_lo], 0), channels=3, ratio=ratio)
+      encoded, tf.concat([w_lo, w_hi - w_lo], 0), channels=3, ratio=ratio,
+      dct_method=imagefiles.JPEG_DCT_METHOD)
   out = []
   for begin, box in boxes:
     if ratio == 1:

@@ -32,6 +32,7 @@ from simclr_jax.data.tf_host import tf
 from absl import logging
 
 from simclr_jax import config as config_lib
+from simclr_jax import imagefiles
 from simclr_jax.imagefiles import IMAGE_EXTENSIONS
 from simclr_jax.imagefiles import is_image_name
 
@@ -91,6 +92,18 @@ def _walk_images(root: str, exclude: Optional[str] = None) -> List[str]:
     del dirnames
     found += [os.path.join(dirpath, f) for f in filenames if is_image_name(f)]
   return sorted(found, key=lambda p: os.path.relpath(p, root))
+
+
+def _not_images(root: str) -> List[str]:
+  """Visible files under `root` (recursive) that are not read as images."""
+  others = []
+  for dirpath, _, filenames in tf.io.gfile.walk(root):
+    rel = os.path.relpath(dirpath, root)
+    if any(part.startswith(".") for part in rel.split(os.sep) if part != "."):
+      continue
+    others += [f if rel == "." else os.path.join(rel, f) for f in filenames
+               if not f.startswith(".") and not is_image_name(f)]
+  return others
 
 
 def _looks_labelled(root: str) -> bool:
@@ -215,6 +228,7 @@ def resolve(data_cfg: Any) -> FolderDataset:
     how = "detected" if key[3] == "auto" else f"data.folder_labels={key[3]!r}"
     logging.info("Image folder %s: %s (%s), %d training images", folder.train_root,
                  kind, how, n_train)
+    imagefiles.log_not_images(key[0], _not_images(key[0]))
     if folder.eval_kind == EVAL_HOLDOUT:
       logging.info("No %r folder: %d images (data.holdout_fraction=%s, seed "
                    "%d) held out of training as the eval split", key[2],

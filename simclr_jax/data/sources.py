@@ -28,6 +28,7 @@ from simclr_jax.data.tf_host import tf  # pylint: disable=g-bad-import-order
 import tensorflow_datasets as tfds  # pylint: disable=g-bad-import-order
 
 from simclr_jax import config as config_lib
+from simclr_jax import imagefiles
 from simclr_jax.data import folders
 from simclr_jax.data.common import DatasetInfo
 
@@ -184,8 +185,42 @@ def _log_skipped(split: str, bad: List[str], total: int) -> None:
                   shown)
 
 
+def _is_bmp(encoded: tf.Tensor) -> tf.Tensor:
+  return tf.equal(tf.strings.substr(encoded, 0, 2), b"BM")
+
+
+def _bmp_accepted(encoded: tf.Tensor) -> tf.Tensor:
+  """`imagefiles.bmp_problem(...) is None`, on the encoded bytes."""
+  def u(offset, size):  # little-endian unsigned field of the header
+    raw = tf.io.decode_raw(tf.strings.substr(encoded, offset, size), tf.uint8)
+    raw = tf.cast(raw, tf.int64)
+    return tf.reduce_sum(raw * tf.bitwise.left_shift(
+        tf.constant(1, tf.int64), 8 * tf.range(size, dtype=tf.int64)))
+
+  def check():
+    bits, compression = u(28, 2), u(30, 4)
+    bits_ok = tf.reduce_any(tf.equal(bits, imagefiles.BMP_BITS))
+    masks = tf.stack([u(54 + 4 * i, 4) for i in range(3)])
+    masks_ok = tf.logical_and(
+        tf.greater_equal(tf.strings.length(encoded), 66),
+        tf.reduce_all(tf.equal(masks, imagefiles.BMP_MASKS)))
+    bitfields_ok = tf.logical_and(
+        tf.equal(compression, 3), tf.logical_and(tf.equal(bits, 32), masks_ok))
+    return tf.logical_and(bits_ok, tf.logical_or(tf.equal(compression, 0),
+                                                 bitfields_ok))
+  # Short files fail in the decoder itself (substr must stay in range).
+  return tf.cond(tf.greater_equal(tf.strings.length(encoded), 54), check,
+                 lambda: tf.constant(True))
+
+
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-  """Decodes PNG/JPEG bytes to three channels.
+  """Decodes image bytes to RGB, the same pixels as `imagefiles.read_image`.
+
+  JPEGs with libjpeg's accurate IDCT (`imagefiles.JPEG_DCT_METHOD`); other
+  formats (PNG, GIF, WebP, BMP) at their own channel count, then greyscale
+  replicated and alpha dropped. BMPs other than uncompressed 24/32-bit fail
+  (TensorFlow would read a palette's indices as grey levels). See
+  `simclr_jax.imagefiles` for the rules both decoders share.
 
   Args:
     encoded: scalar string tensor.
@@ -193,7 +228,22 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
   Returns:
     uint8 [H, W, 3].
   """
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  def jpeg():
+    return tf.io.decode_jpeg(encoded, channels=3,
+                             dct_method=imagefiles.JPEG_DCT_METHOD)
+
+  def other():
+    # channels=0: decode_image's channels=3 refuses WebPs with alpha.
+    image = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+    grey = tf.shape(image)[2] < 3  # L or LA: replicate L; RGBA: drop A
+    image = tf.gather(image, tf.where(grey, [0, 0, 0], [0, 1, 2]), axis=2)
+    return image
+
+  ok = tf.cond(_is_bmp(encoded), lambda: _bmp_accepted(encoded),
+               lambda: tf.constant(True))
+  with tf.control_dependencies([tf.debugging.Assert(ok, [
+      "BMP other than uncompressed 24/32-bit: not read"])]):
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
   return tf.ensure_shape(image, [None, None, 3])
 
 
@@ -236,8 +286,10 @@ def _drop_unreadable(data_cfg: Any, paths: np.ndarray, labels: np.ndarray,
   shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more"
                                 if len(bad) > 5 else "")
   if not data_cfg.get("skip_corrupt", False):
-    raise ValueError(f"{len(bad)} image file(s) cannot be decoded (corrupt or "
-                     f"truncated): {shown}. Replace or delete them, or set "
+    raise ValueError(f"{len(bad)} image file(s) cannot be decoded (corrupt, "
+                     "truncated, or not one of the kinds read: "
+                     f"{imagefiles.FORMATS}): {shown}. Replace or delete "
+                     "them, or set "
                      "data.skip_corrupt=True (now False) to skip them.")
   logging.warning("data.skip_corrupt: skipped %d of %d image files that "
                   "cannot be decoded: %s", len(bad), len(paths), shown)

@@ -3,9 +3,12 @@
   python -m simclr_jax.embed --export=runs/mine/export --images=PATH \\
       --out=runs/mine/embeddings.npz [--layer=h] [--batch_size=64]
 
-Every JPEG, PNG, WebP or BMP file under --images (recursively, hidden
-entries skipped) is embedded exactly once, on every local device, with the
-export's evaluation preprocessing (`simclr_jax.api`). The .npz holds:
+Every JPEG, PNG, GIF, WebP or BMP file under --images (names ending in
+.jpg .jpeg .png .gif .webp .bmp, any case; recursively, hidden entries
+skipped; other files are named in the log) is embedded exactly once, on every
+local device, with the export's evaluation preprocessing (`simclr_jax.api`),
+from the same pixels training decodes (`simclr_jax.imagefiles`). The .npz
+holds:
 
   embeddings      float32 [N, D]
   paths           [N] relative paths (a plain string array: no pickle needed)

@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
+from simclr_jax import imagefiles
+
 # (name, configured probability of the op: aug field or None for always).
 STAGES: Tuple[Tuple[str, Any], ...] = (
     ("read + decode", None), ("crop + resize (2 views)", None),
@@ -108,7 +110,8 @@ def _make_fast(num_ops: int, size: int, aug_cfg: Any) -> Callable:
     if num_ops < 1:
       _, _, _, lo, hi = fast.jpeg_crop_boxes(encoded, key, aug)
       window = tf.io.decode_and_crop_jpeg(
-          encoded, tf.concat([lo, hi - lo], 0), channels=3)
+          encoded, tf.concat([lo, hi - lo], 0), channels=3,
+          dct_method=imagefiles.JPEG_DCT_METHOD)
       return tf.reduce_mean(tf.cast(window, tf.float32))
     return fast.encoded_views(encoded, key, size, aug, on_device=num_ops < 2)
   return make
