@@ -8,6 +8,7 @@ so, only when that folder is absent.
 import functools
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -239,6 +240,55 @@ def test_tiny_checkpoint_round_trip(tmp_path):
   # sk_ratio, width, stem, head widths and the head input are inferred.
   assert cfg == TINY and num_classes == 3
   assert count_params(variables) == sum(v.size for v in tensors.values())
+  # Where each value landed, found by its bytes (every tensor is distinct
+  # random data): each leaf holds exactly one checkpoint tensor, and the
+  # official name says where it must be, by rules written here (not the
+  # converter's map), so two same-shaped leaves swapped fail.
+  digest = {hashlib.sha1(v.tobytes()).hexdigest(): k[:-len(SUFFIX)]
+            for k, v in tensors.items()}
+  assert len(digest) == len(tensors)
+  where = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+    key = digest.get(hashlib.sha1(np.asarray(leaf).tobytes()).hexdigest())
+    assert key is not None and key not in where, jax.tree_util.keystr(path)
+    where[key] = tuple(p.key for p in path)
+  assert len(where) == len(tensors)
+  ending = {"gamma": ("params", "scale"), "beta": ("params", "bias"),
+            "moving_mean": ("batch_stats", "mean"),
+            "moving_variance": ("batch_stats", "var"),
+            "kernel": ("params", "kernel"), "bias": ("params", "bias")}
+  for name, leaf in where.items():
+    kind, last = ending[name.rsplit("/", 1)[1]]
+    assert (leaf[0], leaf[-1]) == (kind, last), (name, leaf)
+    group = re.search(r"block_groups/(\d+)/layers/(\d+)/", name)
+    if group:
+      assert leaf[1:3] == ("encoder", f"stage{group[1]}_block{group[2]}"), (
+          name, leaf)
+    head = re.search(r"_projection_head/linear_layers/(\d+)/", name)
+    if head:
+      want = "dense" if "/dense/" in name else "bn"
+      assert leaf[1:3] == ("head", want + head[1]), (name, leaf)
+    if "supervised_head" in name:
+      assert leaf[1] == "sup_head", (name, leaf)
+  # Inside a block and the stem, by the official layer order (selective
+  # kernels, bottleneck): positions a wrong index would still fit by shape.
+  b = f"{R}/block_groups/1/layers/1/conv_relu_dropblock_layers"
+  for official, ours in {
+      f"{R}/initial_conv_relu_max_pool/2/conv2d/kernel":
+          ("params", "encoder", "stem_conv1", "kernel"),
+      f"{R}/initial_conv_relu_max_pool/6/bn/gamma":
+          ("params", "encoder", "stem_bn2", "scale"),
+      f"{b}/1/bn/gamma": ("params", "encoder", "stage1_block1", "bn1",
+                          "scale"),
+      f"{b}/6/bn/beta": ("params", "encoder", "stage1_block1", "bn3", "bias"),
+      f"{b}/3/conv2d_1/kernel": ("params", "encoder", "stage1_block1",
+                                 "sk_conv", "fc2", "kernel"),
+      f"{R}/block_groups/1/layers/0/projection_layers/3/bn/gamma":
+          ("params", "encoder", "stage1_block0", "proj_bn", "scale"),
+      f"{R}/block_groups/0/layers/0/projection_layers/1/conv2d/kernel":
+          ("params", "encoder", "stage0_block0", "proj_conv", "kernel"),
+  }.items():
+    assert where[official] == ours, (official, where[official])
 
 
 @pytest.mark.parametrize("change", ["missing", "extra", "shape"])

@@ -127,12 +127,58 @@ def test_registry_names_every_mode_and_result():
   assert set(MAIN_RESULT.values()) <= named
 
 
+def _reference_accuracy(mode, workdir, sources):
+  """(top1, top5) of the final checkpoint, recomputed on one host in NumPy.
+
+  The logits come from `model.apply` on all 360 test images in one unpadded
+  batch on one device (no mask, no padding, no psum), from the variables as
+  stored at the last step; linear evaluation's head is applied in float64
+  NumPy on the frozen encoder's features. The counting is NumPy's.
+  """
+  from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evals import encoders  # pylint: disable=g-import-not-at-top
+  config = mode_config(mode, sources)
+  full = next(data_lib.make_eval_iterator(config.data, config.aug, "test",
+                                          360))
+  images, labels = full["images"], np.asarray(full["labels"])
+  stored = _stored(workdir, STEPS)
+  variables = {"params": stored["params"],
+               "batch_stats": stored["batch_stats"]}
+  if mode == "pretrain":
+    model = build_model(state_lib.model_config(config), num_classes=10)
+    logits = model.apply(variables, images, train=False)["logits"]
+  elif mode == "linear_eval":
+    encoder = _stored(sources["pretrain"], 4)
+    enc_model = build_model(state_lib.model_config(eval_helpers.tiny_config()),
+                            num_classes=10)
+    h = enc_model.apply({"params": encoder["params"],
+                         "batch_stats": encoder["batch_stats"]}, images,
+                        False, method=enc_model.encode)
+    head = stored["params"]["dense"]
+    logits = (np.asarray(h, np.float64) @ np.asarray(head["kernel"],
+                                                     np.float64)
+              + np.asarray(head["bias"], np.float64))
+  else:  # finetune, distill: the model the export describes
+    model, _, _ = encoders.load_export_model(os.path.join(workdir, "export"))
+    logits = model.apply(variables, images, train=False)["logits"]
+  logits = np.asarray(logits, np.float64)
+  top5 = np.argsort(-logits, axis=1)[:, :5]
+  return (np.mean(np.argmax(logits, 1) == labels),
+          np.mean(np.any(top5 == labels[:, None], 1)))
+
+
 @pytest.mark.parametrize("mode", ALL_MODES)
-def test_each_mode_writes_results_checkpoints_and_events(references, mode):
+def test_each_mode_writes_results_checkpoints_and_events(references, sources,
+                                                         mode):
   workdir, results = references[mode]
   key = MAIN_RESULT[mode]
   assert results[key]["num_examples"] == 360
-  assert 0 <= results[key]["top1"] <= 1
+  # The reported accuracies are those of the final state, counted once per
+  # test image: a NumPy recount from the stored checkpoint agrees (one image
+  # may flip on a near tie between the sharded and the one-batch logits).
+  top1, top5 = _reference_accuracy(mode, workdir, sources)
+  assert abs(results[key]["top1"] - top1) <= 1 / 360 + 1e-9
+  assert abs(results[key]["top5"] - top5) <= 1 / 360 + 1e-9
   assert os.path.isfile(os.path.join(workdir, f"{mode}_results.json"))
   assert os.path.isfile(os.path.join(workdir, "config.json"))
   steps = ckpt_lib.Checkpointer(workdir, 10).all_steps()

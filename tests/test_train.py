@@ -101,3 +101,20 @@ def test_full_step_updates_state_identically(setup):
   assert int(s1.step) == int(s8.step) == 1
   np.testing.assert_allclose(m8["learning_rate"], m1["learning_rate"])
   _assert_tree_close(s8.params, s1.params, rtol=1e-5)
+  # Everything the step writes agrees: BatchNorm statistics (global over the
+  # 8 devices) and the optimizer state (LARS momentum), not only params.
+  _assert_tree_close(s8.batch_stats, s1.batch_stats, rtol=1e-5)
+  assert (jax.tree.structure(s8.opt_state) ==
+          jax.tree.structure(s1.opt_state))
+  _assert_tree_close(s8.opt_state, s1.opt_state, rtol=1e-5)
+  # And the step did something: every trained kernel and the statistics
+  # moved, so agreeing on unchanged state cannot pass.
+  for name, before, after in (("params", variables["params"], s1.params),
+                              ("batch_stats", variables["batch_stats"],
+                               s1.batch_stats)):
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(after),
+                            jax.tree.leaves(before)):
+      key = jax.tree_util.keystr(path)
+      if name == "params" and not key.endswith("['kernel']"):
+        continue  # zero-initialised BN scales may get no gradient at step 1
+      assert np.abs(np.asarray(a) - np.asarray(b)).max() > 0, name + key
