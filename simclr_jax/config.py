@@ -133,10 +133,6 @@ def validate(config: ml_collections.ConfigDict,
       _fail(f"train.{field}", config.train[field], "must be >= 1")
   _validate_eval(config)
   stem = resolve_stem(config)
-  # pylint: disable=g-import-not-at-top  (the models import this module)
-  from simclr_jax.models import simclr as simclr_model
-  # pylint: enable=g-import-not-at-top
-  simclr_model.validate_model_config(dict(config.model.items(), stem=stem))
   min_size = _STEM_DOWNSAMPLE[stem]
   if config.data.image_size < min_size:
     _fail("data.image_size", config.data.image_size,

@@ -35,6 +35,11 @@ def main(argv):
   from simclr_jax import config as config_lib
   config = FLAGS.config
   config_lib.validate(config)  # before any device, data or compile work
+  # The model's own field checks too (the models import `config`, so
+  # `config.validate` cannot call them), before the workdir is made.
+  from simclr_jax.models import simclr as simclr_model
+  simclr_model.validate_model_config(
+      dict(config.model.items(), stem=config_lib.resolve_stem(config)))
   # TensorFlow, only where a tf.data pipeline is built, is kept off the
   # GPUs/TPUs by `simclr_jax.data.tf_host` before any TF op runs.
   # Multi-host start-up comes before any other JAX use.

@@ -298,3 +298,22 @@ def test_finite_checks_name_the_quantity():
     preemption.check_finite_tree(tree, 5)
   tree["b"]["c"][1] = 0.0
   preemption.check_finite_tree(tree, 5)
+
+
+_INTERRUPTED_COMMAND = """
+from simclr_jax.engine import logs
+def main(argv):
+  raise KeyboardInterrupt  # what Ctrl-C raises outside a training loop
+logs.run_app(main)
+"""
+
+
+def test_ctrl_c_outside_a_training_loop_is_one_line():
+  proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_COMMAND],
+                        capture_output=True, text=True, timeout=120,
+                        cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert proc.returncode == 128 + signal.SIGINT, proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert errors == ["error: interrupted (SIGINT); outputs and checkpoints "
+                    "written before it are intact"]
+  assert "Traceback" not in proc.stderr

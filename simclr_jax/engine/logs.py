@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -215,6 +216,12 @@ def run_app(main: Callable[[List[str]], Any]) -> None:
     except workdir_lib.WorkdirLocked as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(1)
+    except KeyboardInterrupt:
+      # Ctrl-C outside a training loop's guard (start-up, a tool's work):
+      # nothing of ours is half-written, every output is written atomically.
+      print("error: interrupted (SIGINT); outputs and checkpoints written "
+            "before it are intact", file=sys.stderr, flush=True)
+      _exit_now(128 + signal.SIGINT)
     except Exception as e:  # pylint: disable=broad-except
       cause = operator_error(e)
       if cause is None:
