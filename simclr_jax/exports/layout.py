@@ -154,13 +154,16 @@ def torch_state_dict(variables: Dict[str, Any], arch: Dict[str, Any]
         raise ValueError(f"unknown variable {'/'.join(path + (key,))}")
 
   visit(variables["params"], ())
+  if arch["sup_head_from"] > 0:  # not on h: not torchvision's fc
+    out = {("sup_head" + k[2:] if k.startswith("fc.") else k): v
+           for k, v in out.items()}
   return {k: out[k] for k in sorted(out, key=_key_order)}
 
 
 def _key_order(key: str):
   """Sorts keys as torch modules are registered (stem, layers, fc, head)."""
   parts = key.split(".")
-  rank = {"conv1": 0, "bn1": 1, "fc": 3, "head": 4}.get(parts[0], 2)
+  rank = {"conv1": 0, "bn1": 1, "fc": 3, "sup_head": 3, "head": 4}.get(parts[0], 2)
   return (rank,) + tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
@@ -244,6 +247,6 @@ def describe(meta: Dict[str, str]) -> List[str]:
   """Human-readable lines of the preprocessing, as the command prints."""
   prep = json.loads(meta["preprocessing"])
   return [f"image size {prep['image_size']} px, centre crop "
-          f"{prep['crop_proportion']:g} of the shorter side, "
+          f"{prep['crop_proportion']:.3f} of the shorter side, "
           f"{prep['resize']}",
           f"input {prep['input']}"]
