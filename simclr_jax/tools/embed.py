@@ -12,7 +12,9 @@ export's evaluation preprocessing (`simclr_jax.api`). The .npz holds:
   skipped         relative paths of unreadable files (--skip_unreadable)
   layer, image_size, crop_proportion, export, images_root, format
 
-Read it with `np.load(path)` (allow_pickle stays False).
+Read it with `np.load(path)` (allow_pickle stays False). An --out ending in
+.csv is written as `filename,embedding_0,...[,label]` instead (see
+`simclr_jax.exports.embeddings`).
 """
 
 import os
@@ -28,12 +30,16 @@ from simclr_jax import api
 from simclr_jax import config as config_lib
 from simclr_jax import imagefiles
 from simclr_jax.engine import logs
+from simclr_jax.exports import embeddings as embeddings_csv
 
 EMBEDDINGS_FORMAT = "simclr_jax.embeddings/1"
 
 
 def check_out_file(out: str) -> None:
   """Refuses an --out that would replace anything but our embeddings file."""
+  if out.endswith(".csv"):  # the CSV layout: simclr_jax.exports.embeddings
+    embeddings_csv.check_out(out)
+    return
   if not out.endswith(".npz"):
     config_lib.fail("--out", out, "must end in .npz")
   if os.path.isdir(out):
@@ -51,6 +57,9 @@ def check_out_file(out: str) -> None:
 
 def save_embeddings(out: str, arrays: Dict[str, Any]) -> None:
   """Writes the .npz atomically: a hidden file beside it, then a rename."""
+  if out.endswith(".csv"):  # paths and embeddings only
+    embeddings_csv.write_csv(out, arrays["paths"], arrays["embeddings"])
+    return
   directory, base = os.path.split(os.path.abspath(out))
   os.makedirs(directory, exist_ok=True)
   tmp = os.path.join(directory, f".{base}.{os.getpid()}.partial.npz")
@@ -141,7 +150,7 @@ def cli() -> None:
                       "simclr_jax.export or convert)")
   flags.DEFINE_string("images", None, "folder of images (searched "
                       "recursively)")
-  flags.DEFINE_string("out", None, "the .npz file to write")
+  flags.DEFINE_string("out", None, "the .npz (or .csv) file to write")
   flags.DEFINE_integer("batch_size", 64, "images per forward pass")
   flags.DEFINE_string("layer", "h", "h (representation) | proj1..projK "
                       "(projection-head layer) | z (last head layer)")
