@@ -292,3 +292,103 @@ def test_torchvision_format_refuses_other_architectures_in_one_line(
   assert "\n" not in message and "use --format=torch" in message
   assert "CIFAR stem" in message
   assert not (root / "tv.safetensors").exists()
+
+
+# ------------------------------------------------------ embeddings as CSV
+
+def _image_folder(root, labelled):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(int(labelled))
+  for i in range(6):
+    sub = ("cats", "dogs")[i % 2] if labelled else ""
+    os.makedirs(os.path.join(root, sub), exist_ok=True)
+    h, w = rng.integers(14, 40, 2)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(
+        os.path.join(root, sub, f"img {i}.png"))
+  return root
+
+
+@pytest.mark.parametrize("labelled", [True, False],
+                         ids=["class_folders", "flat"])
+def test_embed_csv_holds_the_npz_rows_exactly(digits_export, tmp_path,
+                                              labelled):
+  import csv  # pylint: disable=g-import-not-at-top
+  from simclr_jax.tools import embed  # pylint: disable=g-import-not-at-top
+  _, _, export = digits_export
+  images = _image_folder(str(tmp_path / "images"), labelled)
+  npz, out = str(tmp_path / "e.npz"), str(tmp_path / "e.csv")
+  embed.embed_folder(export, images, npz, batch_size=4, progress=False)
+  embed.embed_folder(export, images, out, batch_size=4, progress=False)
+  with np.load(npz) as f:
+    want, paths = f["embeddings"], list(f["paths"])
+  with open(out, newline="") as f:
+    rows = list(csv.reader(f))
+  dim = want.shape[1]
+  assert rows[0] == (["filename"] + [f"embedding_{i}" for i in range(dim)] +
+                     (["label"] if labelled else []))
+  assert [r[0] for r in rows[1:]] == paths
+  got = np.array([r[1:dim + 1] for r in rows[1:]], np.float32)
+  np.testing.assert_array_equal(got, want)  # float32 round-trips exactly
+  if labelled:
+    assert [r[-1] for r in rows[1:]] == [p.split("/")[0] for p in paths]
+  embed.embed_folder(export, images, out, batch_size=4, progress=False)
+  foreign = tmp_path / "mine.csv"
+  foreign.write_text("a,b\n1,2\n")
+  with pytest.raises(config_lib.ConfigError, match="not an embeddings CSV"):
+    embed.embed_folder(export, images, str(foreign), progress=False)
+  assert foreign.read_text() == "a,b\n1,2\n"
+
+
+# ----------------------------------------- docs/elsewhere.md, run as written
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "docs", "elsewhere.md")
+
+
+def _blocks(lang):
+  text = open(DOCS).read()
+  parts = text.split(f"```{lang}\n")[1:]
+  return [p.split("```")[0] for p in parts]
+
+
+def test_docs_commands_and_snippets_run(digits_export, tmp_path,
+                                        monkeypatch):
+  """Runs the page's commands (in-process) and then its Python snippets."""
+  pytest.importorskip("onnxruntime")
+  pytest.importorskip("safetensors")
+  _torchvision()
+  import shlex  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from simclr_jax.engine import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from simclr_jax.tools import embed  # pylint: disable=g-import-not-at-top
+  _, _, digits = digits_export
+  monkeypatch.chdir(tmp_path)
+  # A full-size ResNet-50 export (random weights) for the torchvision part.
+  cfg = model_cfg(50, 1, 0.0, "imagenet", stage_sizes=None, base_widths=None,
+                  sk_min_dim=None, proj_dim=128)
+  ckpt_lib.save_export("r50", random_variables(build_model(cfg, 1000), 32),
+                       cfg, 1000, 32)
+  exports = {"runs/mine/export": digits, "runs/r50_official": "r50"}
+  _image_folder("my_images", True)
+  rng = np.random.default_rng(0)
+  for name in ("cat.jpg", "dog.jpg"):
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), np.uint8)).save(name)
+  for line in _blocks("bash")[0].strip().splitlines():
+    argv = shlex.split(line)
+    flags = dict(a[2:].split("=", 1) for a in argv[3:])
+    if argv[2] == "simclr_jax.export":
+      writers.export_as(flags["format"], flags["out"],
+                        export=exports[flags["export"]])
+    else:
+      assert argv[2] == "simclr_jax.embed", line
+      embed.embed_folder(exports[flags["export"]], flags["images"],
+                         flags["out"], progress=False)
+  namespace = {}
+  for block in _blocks("python"):
+    exec(compile(block, DOCS, "exec"), namespace)  # pylint: disable=exec-used
+  assert np.asarray(namespace["h"]).shape == (2, 64)
+  err = rel_error(namespace["out"]["h"].numpy(), namespace["h"])
+  assert err <= TOL, err  # ONNX Runtime and the PyTorch module agree
+  assert namespace["keys"].missing_keys == []
+  assert len(namespace["names"]) == 6 and set(namespace["labels"]) == {
+      "cats", "dogs"}
