@@ -163,7 +163,8 @@ def torch_state_dict(variables: Dict[str, Any], arch: Dict[str, Any]
 def _key_order(key: str):
   """Sorts keys as torch modules are registered (stem, layers, fc, head)."""
   parts = key.split(".")
-  rank = {"conv1": 0, "bn1": 1, "fc": 3, "sup_head": 3, "head": 4}.get(parts[0], 2)
+  rank = {"conv1": 0, "bn1": 1, "fc": 3, "sup_head": 3, "head": 4}.get(
+      parts[0], 2)
   return (rank,) + tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
