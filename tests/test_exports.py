@@ -392,3 +392,45 @@ def test_docs_commands_and_snippets_run(digits_export, tmp_path,
   assert namespace["keys"].missing_keys == []
   assert len(namespace["names"]) == 6 and set(namespace["labels"]) == {
       "cats", "dogs"}
+
+
+# ------------------------- a converted official checkpoint, end to end
+
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "..", "shared", "fixtures", "official_simclr_tf2")
+
+
+def test_official_checkpoint_exports_reproduce_the_official_outputs(
+    tmp_path):
+  """Official TF2 checkpoint -> convert -> ONNX / PyTorch: the official
+  model's own outputs (computed by TensorFlow with its code), not ours."""
+  if not os.path.isdir(FIXTURES):
+    pytest.skip(f"official SimCLR TF2 fixtures not found at {FIXTURES}")
+  ort = pytest.importorskip("onnxruntime")
+  from simclr_jax.tools import convert  # pylint: disable=g-import-not-at-top
+  export = str(tmp_path / "r18")
+  convert.convert_to_export(os.path.join(FIXTURES, "r18_1x_sk0", "ckpt"),
+                            export)
+  expected = np.load(os.path.join(FIXTURES, "r18_1x_sk0", "expected.npz"))
+  x = expected["images"].transpose(0, 3, 1, 2)
+  lines = writers.export_as("onnx", str(tmp_path / "r18.onnx"),
+                            export=export)
+  assert "image size 224 px, centre crop 0.875" in "\n".join(lines)
+  sess = ort.InferenceSession(str(tmp_path / "r18.onnx"),
+                              providers=["CPUExecutionProvider"])
+  h, z = sess.run(["h", "z"], {"images": x})
+  assert rel_error(h, expected["final_avg_pool"]) <= TOL
+  assert rel_error(z, expected["proj_head_output"]) <= TOL
+  torch = pytest.importorskip("torch")
+  out = str(tmp_path / "t" / "r18.safetensors")
+  writers.export_as("torch", out, export=export)
+  sys.path.insert(0, str(tmp_path / "t"))
+  try:
+    module = importlib.reload(importlib.import_module("simclr_jax_resnet"))
+  finally:
+    sys.path.pop(0)
+  with torch.no_grad():
+    got = module.load(out)(torch.from_numpy(x.copy()))
+  assert rel_error(got["h"].numpy(), expected["final_avg_pool"]) <= TOL
+  assert rel_error(got["z"].numpy(), expected["proj_head_output"]) <= TOL
+  assert rel_error(got["logits"].numpy(), expected["logits_sup"]) <= TOL
