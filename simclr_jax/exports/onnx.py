@@ -11,6 +11,14 @@ The preprocessing, architecture and source are in the model's metadata.
 
 Only the `onnx` package is needed to write it (`pip install onnx`);
 `onnxruntime` runs it.
+
+Why not a tracing exporter: jax2onnx (0.17, the maintained JAX -> ONNX
+converter) pins orbax-checkpoint below 0.11.37 and brings equinox, dm-pix,
+huggingface_hub and netron with it; jax2tf + tf2onnx needs TensorFlow at
+export time, which this library keeps to tf.data pipelines, and tf2onnx is
+not served for this Python and TensorFlow. The network needs a dozen ONNX
+ops, each the exact counterpart of one Flax op, so the graph is written
+directly and verified by outputs (tests/test_exports.py).
 """
 
 import json

@@ -41,11 +41,6 @@ ARCHS = {
     "r101_1x": (101, 1, 0.0, "imagenet", 224),
     "r152_1x": (152, 1, 0.0, "imagenet", 224),
 }
-_ARCHS = flags.DEFINE_list("archs", ["r18_1x_cifar", "r50_1x", "r50_2x",
-                                     "r50_1x_sk1"], f"of {list(ARCHS)}")
-_BATCH = flags.DEFINE_integer("batch", 2, "images per forward pass")
-_OUT = flags.DEFINE_string("out_dir", "/tmp/simclr_jax_export_check",
-                           "where the files are written")
 
 
 def model_config(depth, width, sk_ratio, stem):
@@ -137,13 +132,27 @@ def check(name, out_dir, batch):
 
 
 def main(argv):
+  """Prints one line per --archs entry."""
   del argv
-  os.makedirs(_OUT.value, exist_ok=True)
-  for name in _ARCHS.value:
-    row = check(name, _OUT.value, _BATCH.value)
+  fv = flags.FLAGS
+  os.makedirs(fv.out_dir, exist_ok=True)
+  for name in fv.archs:
+    if name not in ARCHS:
+      raise app.UsageError(f"--archs: {name!r} is not one of {list(ARCHS)}")
+    row = check(name, fv.out_dir, fv.batch)
     print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in row.items()), flush=True)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The command line (flags defined here, not at import)."""
+  flags.DEFINE_list("archs", ["r18_1x_cifar", "r50_1x", "r50_2x",
+                              "r50_1x_sk1"], f"of {list(ARCHS)}")
+  flags.DEFINE_integer("batch", 2, "images per forward pass")
+  flags.DEFINE_string("out_dir", "/tmp/simclr_jax_export_check",
+                      "where the files are written")
   app.run(main)
+
+
+if __name__ == "__main__":
+  cli()
