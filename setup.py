@@ -30,7 +30,12 @@ setup(
     ],
     extras_require={
         # tensorboardX: the writer fallback without clu is tested too.
-        "test": ["pytest>=8", "chex>=0.1.88", "tensorboardX>=2.6"],
+        # onnx/onnxruntime: the ONNX export is verified by outputs; torch,
+        # torchvision and safetensors, when installed, verify the PyTorch one.
+        "test": ["pytest>=8", "chex>=0.1.88", "tensorboardX>=2.6",
+                 "onnx>=1.16", "onnxruntime>=1.17"],
+        # python -m simclr_jax.export --format=onnx needs the onnx package.
+        "onnx": ["onnx>=1.16"],
         # Accelerator builds of the same jax range: `pip install -e .[cuda13]`
         # resolves jax and its plugin together, within the bounds above.
         "cuda12": ["jax[cuda12]"],

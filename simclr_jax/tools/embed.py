@@ -15,7 +15,9 @@ holds:
   skipped         relative paths of unreadable files (--skip_unreadable)
   layer, image_size, crop_proportion, export, images_root, format
 
-Read it with `np.load(path)` (allow_pickle stays False).
+Read it with `np.load(path)` (allow_pickle stays False). An --out ending in
+.csv is written as `filename,embedding_0,...[,label]` instead (see
+`simclr_jax.exports.embeddings`).
 """
 
 import os
@@ -32,6 +34,7 @@ from simclr_jax import api
 from simclr_jax import config as config_lib
 from simclr_jax import imagefiles
 from simclr_jax.engine import logs
+from simclr_jax.exports import embeddings as embeddings_csv
 from simclr_jax.tools import outputs
 
 EMBEDDINGS_FORMAT = "simclr_jax.embeddings/1"
@@ -88,18 +91,26 @@ def embeddings_problem(path: str) -> Optional[str]:
 
 def check_out_file(out: str) -> None:
   """Refuses an --out that would replace anything but our embeddings file."""
+  if out.endswith(".csv"):  # the CSV layout: simclr_jax.exports.embeddings
+    embeddings_csv.check_out(out)
+    return
   if not out.endswith(".npz"):
-    config_lib.fail("--out", out, "must end in .npz")
+    config_lib.fail("--out", out, "must end in .npz or .csv")
   outputs.check_replaceable("--out", out, "an embeddings file",
                             embeddings_problem)
 
 
 def save_embeddings(out: str, arrays: Dict[str, Any]) -> None:
-  """Writes the .npz atomically: a hidden file beside it, then a rename.
+  """Writes the embeddings atomically: a hidden file beside it, then a rename.
 
-  The --out check runs again just before the rename, so a file put there
-  while the images were embedded is not replaced either.
+  The format follows the name: .csv (paths and embeddings, see
+  `simclr_jax.exports.embeddings`) or .npz. The --out check runs again just
+  before the rename, so a file put there while the images were embedded is
+  not replaced either.
   """
+  if out.endswith(".csv"):
+    embeddings_csv.write_csv(out, arrays["paths"], arrays["embeddings"])
+    return
   outputs.write_atomic(
       out, lambda f: np.savez(f, format=np.str_(EMBEDDINGS_FORMAT), **arrays),
       check=lambda: check_out_file(out))
@@ -186,7 +197,7 @@ def cli() -> None:
                       "simclr_jax.export or convert)")
   flags.DEFINE_string("images", None, "folder of images (searched "
                       "recursively)")
-  flags.DEFINE_string("out", None, "the .npz file to write")
+  flags.DEFINE_string("out", None, "the .npz (or .csv) file to write")
   flags.DEFINE_integer("batch_size", 64, "images per forward pass")
   flags.DEFINE_string("layer", "h", "h (representation) | proj1..projK "
                       "(projection-head layer) | z (last head layer)")

@@ -20,6 +20,7 @@ from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax.engine import logs
 from simclr_jax.engine import results as results_lib
 from simclr_jax.evals import encoders
+from simclr_jax.exports import writers
 
 
 def export_workdir(workdir: str, out: str, step: int = 0) -> Dict[str, Any]:
@@ -59,6 +60,12 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   fv = flags.FLAGS
+  if fv.format != "export":  # ONNX / PyTorch files (simclr_jax.exports)
+    print("\n".join(writers.export_as(fv.format, fv.out, fv.workdir,
+                                       fv.export, fv.step)))
+    return
+  if not fv.workdir or fv.export:
+    writers.fail_jax_source(fv.workdir, fv.export)
   meta = export_workdir(fv.workdir, fv.out, fv.step)
   logging.info("wrote export %s (step %s)", fv.out, meta["extra"]["step"])
   print(f"exported {fv.workdir} step {meta['extra']['step']} to {fv.out}")
@@ -69,5 +76,10 @@ def cli() -> None:
   flags.DEFINE_string("workdir", None, "pretraining workdir to export")
   flags.DEFINE_string("out", None, "export directory to write")
   flags.DEFINE_integer("step", 0, "checkpoint step (0 = newest)")
-  flags.mark_flags_as_required(["workdir", "out"])
+  flags.DEFINE_string("format", "export", "export (JAX export directory) | "
+                      "onnx (FILE.onnx) | torch | torchvision "
+                      "(FILE.safetensors)")
+  flags.DEFINE_string("export", None, "an existing export to write as "
+                      "--format=onnx|torch|torchvision instead of --workdir")
+  flags.mark_flags_as_required(["out"])
   logs.run_app(main)
