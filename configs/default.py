@@ -114,6 +114,10 @@ def get_config() -> ml_collections.ConfigDict:
   train.probe = True  # online linear probe on stop_gradient(h)
   train.grad_chunks = 1  # gradient caching: chunks per device batch (1 = off; BN statistics per chunk)
   train.log_every_steps = 50  # console / TensorBoard metrics interval
+  train.first_eta_steps = 5  # the first ETA after this many timed steps ...
+  train.first_eta_seconds = 30.0  # ... or seconds after the compile, whichever is first
+  train.cpu_eta_warning_hours = 2.0  # on a CPU, a longer ETA logs how to shorten the run
+  train.cpu_variant = ""  # the config that warning suggests (e.g. 'configs/folder.py:cpu'; '' = none)
   train.max_steps_in_flight = 2  # steps dispatched ahead of the device: a stop signal acts within this many steps plus the save
   train.checkpoint_every_steps = 500  # checkpoint interval (always at the end)
   train.keep_checkpoints = 3  # checkpoints kept in the workdir

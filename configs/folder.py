@@ -66,6 +66,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.train.log_every_steps = 20
   config.train.checkpoint_every_steps = 500
   config.train.eval_every_steps = 500
+  # Named by the first ETA when this run would take hours on a CPU.
+  config.train.cpu_variant = "configs/folder.py:cpu"
   config.eval.batch_size = 64
   config.eval.knn_k = 20
   config.eval.signals = "auto"  # held-out signals when there are no labels
@@ -82,6 +84,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.optim.warmup_epochs = 0
     config.eval.batch_size = 16
   elif arg == "cpu":
+    config.train.cpu_variant = ""  # this is it
     config.data.image_size = 16
     config.model.base_widths = (16, 32, 64, 128)  # 1/4 of the channels
     config.aug.color_strength = 0.5  # small images: CIFAR-strength jitter

@@ -128,9 +128,12 @@ def validate(config: ml_collections.ConfigDict,
     _fail("aug.num_views", config.aug.num_views, "must be in [2, 16]")
   _validate_durations(config)
   for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-                "max_steps_in_flight"):
+                "max_steps_in_flight", "first_eta_steps"):
     if config.train[field] < 1:
       _fail(f"train.{field}", config.train[field], "must be >= 1")
+  for field in ("first_eta_seconds", "cpu_eta_warning_hours"):
+    if not config.train[field] > 0:
+      _fail(f"train.{field}", config.train[field], "must be > 0")
   _validate_eval(config)
   stem = resolve_stem(config)
   min_size = _STEM_DOWNSAMPLE[stem]

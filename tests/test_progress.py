@@ -101,3 +101,41 @@ def test_track_counts_sizes_and_early_stop():
 def test_bad_total_is_rejected():
   with pytest.raises(ValueError, match="total = -1"):
     progress.Progress(-1)
+
+
+def _first(**kw):
+  args = dict(step=1, now=100.0, total=1001, images_per_step=64, min_steps=5,
+              min_seconds=30.0, lag=2, cpu_warning_hours=2.0, on_cpu=True,
+              cpu_hint="configs/folder.py:cpu")
+  args.update(kw)
+  return progress.FirstEstimate(**args)
+
+
+def test_first_estimate_after_a_few_steps_with_the_cpu_hint():
+  first = _first()
+  # Step 7 dispatched: steps 2-5 are certainly done (lag 2): 4 timed < 5.
+  assert first.update(7, 129.0) == []
+  lines = first.update(8, 129.0)  # 5 timed steps (2..6) in 29 s
+  # (1001 - 6) steps left at 5/29 steps/s = 5771 s; 64 * 5 / 29 images/s.
+  assert lines == ["first estimate over 5 steps (29 s): 11.0 images/s, ETA "
+                   "1:36:11 for steps 7-1001"]  # under 2 h: no warning
+  assert first.done and first.update(9, 131.0) == []
+
+
+def test_first_estimate_after_the_seconds_and_the_warning():
+  first = _first(total=100001)
+  assert first.update(3, 129.0) == []  # 0 steps timed yet
+  lines = first.update(4, 131.0)  # 1 step in 31 s: (100001 - 2) * 31 s
+  eta = (100001 - 2) * 31.0
+  assert lines[0] == ("first estimate over 1 steps (31 s): 2.1 images/s, "
+                      f"ETA {progress.format_duration(eta)} for steps "
+                      "3-100001")
+  assert lines[1] == (f"this run would take {progress.format_duration(eta)} "
+                      "on the CPU, more than 2 h: the CPU variant "
+                      "--config=configs/folder.py:cpu trains a smaller model "
+                      "on smaller images; or shorten it with "
+                      "--config.train.epochs or --config.train.steps")
+  # Not on a CPU, or without a variant: no word, or only how to shorten.
+  assert len(_first(total=100001, on_cpu=False).update(4, 131.0)) == 1
+  line = _first(total=100001, cpu_hint="").update(4, 131.0)[1]
+  assert "variant" not in line and "--config.train.steps" in line

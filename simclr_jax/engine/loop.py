@@ -224,7 +224,7 @@ def _train(job: Job, config: ml_collections.ConfigDict, state: Any,
   batches = job.batches(start)
   pending: List[Tuple[int, Dict[str, Any]]] = []
   last_saved = start  # newest checkpoint known good, for error messages
-  clock = _Clock(start, total, job.images_per_step)
+  clock = _Clock(start, total, job.images_per_step, tc)
   for step in range(start + 1, total + 1):
     batch = parallel.host_to_global(mesh, next(batches))
     if step == start + 1:
@@ -239,7 +239,7 @@ def _train(job: Job, config: ml_collections.ConfigDict, state: Any,
       state, metrics = job.step_fn(state, *job.step_args, batch)
     pending.append((step, metrics))
     wait_for_step_behind(pending, tc.max_steps_in_flight)
-    clock.tick()
+    clock.tick(step)
     log_now = config_lib.is_time(step, tc.log_every_steps, total)
     if log_now:
       pending = jax.device_get(pending)  # the one host sync per log period
@@ -343,14 +343,23 @@ class _Clock:
   """Steps/s, images/s and ETA: a log line per log period, and on a terminal
   also a bar redrawn every step (in images, so its rate reads images/s)."""
 
-  def __init__(self, start: int, total: int, images_per_step: int):
+  def __init__(self, start: int, total: int, images_per_step: int,
+               train_cfg: ml_collections.ConfigDict):
     self._total, self._images = total, images_per_step
     self._step, self._time = start, time.time()
     self._bar = None
+    self._first = None
+    self._cfg = train_cfg
 
   def restart(self, step: int) -> None:
     """Measures from now on (after the compile)."""
     self._step, self._time = step, time.time()
+    tc = self._cfg
+    self._first = progress.FirstEstimate(
+        step, self._time, self._total, self._images, tc.first_eta_steps,
+        tc.first_eta_seconds, tc.max_steps_in_flight,
+        tc.cpu_eta_warning_hours, jax.default_backend() == "cpu",
+        tc.cpu_variant)
     interactive = bool(getattr(sys.stderr, "isatty", lambda: False)())
     self._bar = progress.Progress(
         # From the compiled first step on, which is counted right after.
@@ -359,10 +368,14 @@ class _Clock:
         unit="images", interactive=True,
         enabled=interactive and jax.process_index() == 0)
 
-  def tick(self) -> None:
-    """One step done (redraws the bar when due)."""
+  def tick(self, step: int) -> None:
+    """Step `step` dispatched (redraws the bar; the first ETA when due)."""
     if self._bar is not None:
       self._bar.update(self._images)
+    if self._first is not None and not self._first.done:
+      lines = self._first.update(step, time.time())
+      for i, line in enumerate(lines):
+        (logging.warning if i else logging.info)("%s", line)
 
   def close(self) -> None:
     """Draws the bar's last state."""

@@ -18,7 +18,8 @@ or, when the work is not a loop over one iterable:
 import math
 import sys
 import time
-from typing import Callable, Iterable, Iterator, Optional, TextIO, TypeVar
+from typing import (Callable, Iterable, Iterator, List, Optional, TextIO,
+                    TypeVar)
 
 from absl import logging
 
@@ -227,3 +228,65 @@ def track(iterable: Iterable[T], total: Optional[int] = None, desc: str = "",
     raise
   finally:
     bar.close()
+
+
+class FirstEstimate:
+  """The run's first ETA, a few steps after the compile instead of at the
+  first log step, and a word when the run does not fit a CPU.
+
+  A long log period on a slow machine used to keep the user waiting minutes
+  for any estimate (and then for an estimate of a day); this one comes after
+  `min_steps` timed steps or `min_seconds`, whichever is first.
+  """
+
+  def __init__(self, step: int, now: float, total: int, images_per_step: int,
+               min_steps: int, min_seconds: float, lag: int,
+               cpu_warning_hours: float, on_cpu: bool, cpu_hint: str = ""):
+    """Starts timing at a finished step.
+
+    Args:
+      step: the step finished at `now` (the compiled first step).
+      now: its time (seconds).
+      total: the run's last step.
+      images_per_step: global images per step.
+      min_steps: timed steps after which the estimate is due...
+      min_seconds: ... or seconds, whichever comes first.
+      lag: steps that may be dispatched but not finished (the loop's
+        `train.max_steps_in_flight`): step k's tick guarantees k - lag done.
+      cpu_warning_hours: on a CPU, an ETA above this adds the warning.
+      on_cpu: whether the backend is the CPU.
+      cpu_hint: the config to suggest then (e.g. 'configs/folder.py:cpu').
+    """
+    self._step0, self._t0, self._total = step, now, total
+    self._images, self._lag = images_per_step, lag
+    self._min_steps, self._min_seconds = min_steps, min_seconds
+    self._warn_s = cpu_warning_hours * 3600
+    self._on_cpu, self._hint = on_cpu, cpu_hint
+    self.done = False
+
+  def update(self, step: int, now: float) -> List[str]:
+    """The estimate's lines once it is due (each only once), else [].
+
+    Args:
+      step: the step just dispatched.
+      now: the time (seconds).
+    """
+    finished = step - self._lag
+    timed, elapsed = finished - self._step0, now - self._t0
+    if self.done or timed < 1 or elapsed <= 0 or finished >= self._total:
+      return []
+    if timed < self._min_steps and elapsed < self._min_seconds:
+      return []
+    self.done = True
+    per_s = timed / elapsed
+    eta = (self._total - finished) / per_s
+    lines = [f"first estimate over {timed} steps ({elapsed:.0f} s): "
+             f"{per_s * self._images:.1f} images/s, ETA "
+             f"{format_duration(eta)} for steps {finished + 1}-{self._total}"]
+    if self._on_cpu and eta > self._warn_s:
+      variant = (f"the CPU variant --config={self._hint} trains a smaller "
+                 "model on smaller images; or " if self._hint else "")
+      lines.append(f"this run would take {format_duration(eta)} on the CPU, "
+                   f"more than {self._warn_s / 3600:g} h: {variant}shorten "
+                   "it with --config.train.epochs or --config.train.steps")
+    return lines

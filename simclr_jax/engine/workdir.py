@@ -37,7 +37,9 @@ TEMP_PREFIX = "simclr_jax-run-"
 # Fields that change how a run is watched or where it runs, not what its
 # checkpoints mean: they may differ on resume without a decision.
 FREE_ON_RESUME = ("train.log_every_steps", "train.checkpoint_every_steps",
-                  "train.max_steps_in_flight",
+                  "train.max_steps_in_flight", "train.first_eta_steps",
+                  "train.first_eta_seconds", "train.cpu_eta_warning_hours",
+                  "train.cpu_variant",
                   "train.keep_checkpoints", "train.eval_every_steps",
                   "train.start_over", "train.allow_config_change",
                   "data.data_dir", "data.cache", "data.shuffle_buffer",
