@@ -33,7 +33,9 @@ setup(
         # onnx/onnxruntime: the ONNX export is verified by outputs; torch,
         # torchvision and safetensors, when installed, verify the PyTorch one.
         "test": ["pytest>=8", "chex>=0.1.88", "tensorboardX>=2.6",
-                 "onnx>=1.16", "onnxruntime>=1.17"],
+                 "onnx>=1.16", "onnxruntime>=1.17",
+                 # reads the --format=torch files back without torch
+                 "safetensors>=0.4"],
         # python -m simclr_jax.export --format=onnx needs the onnx package.
         "onnx": ["onnx>=1.16"],
         # Accelerator builds of the same jax range: `pip install -e .[cuda13]`
