@@ -10,6 +10,8 @@ from configs import imagenet
 from simclr_jax import augment_jax
 from simclr_jax.data import photometric
 
+pytestmark = pytest.mark.quick
+
 EXACT = 1e-5  # brightness, contrast, grayscale, flip
 HSV = 1e-3  # hue, saturation, blur
 

@@ -147,6 +147,7 @@ def _parse(argv):
   return cli_errors.parse(argv, fv), fv
 
 
+@pytest.mark.quick
 def test_closest_field_knows_synonyms_and_typos():
   from simclr_jax.engine import cli_errors  # pylint: disable=g-import-not-at-top
   fields = ["optim.base_lr", "optim.lr_scaling", "optim.weight_decay",
@@ -160,6 +161,7 @@ def test_closest_field_knows_synonyms_and_typos():
   assert cli_errors.closest_field("xyz.qqq", fields) is None
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("argv,line", [
     (["--config.optim.learning_rate=0.1"],
      "--config.optim.learning_rate: no such field; did you mean "
@@ -179,6 +181,7 @@ def test_parse_names_the_field(argv, line):
   assert str(e.value) == line
 
 
+@pytest.mark.quick
 def test_parse_applies_good_overrides():
   rest, fv = _parse([f"--config={cli.REPO}/configs/digits.py:tiny",
                      "--config.train.steps=7", "--noconfig.viz.enabled",

@@ -43,11 +43,10 @@ MAIN_RESULT = {"pretrain": "probe", "linear_eval": "linear",
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
+def sources(tiny_workdir, tmp_path_factory):
   """A pretraining workdir (encoder source) and a teacher export."""
   root = tmp_path_factory.mktemp("sources")
-  pre = str(root / "pretrain")
-  eval_helpers.make_workdir(pre, step=4)
+  pre = tiny_workdir[0]
   config = digits_distill.get_config("tiny")
   model = build_model(state_lib.model_config(config), num_classes=10)
   variables = state_lib.init_variables(model, 16, seed=7)
@@ -119,6 +118,7 @@ def references(sources, tmp_path_factory):
   return out
 
 
+@pytest.mark.quick
 def test_registry_names_every_mode_and_result():
   assert tuple(MODES) == ALL_MODES
   from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top

@@ -7,6 +7,8 @@ from sklearn import linear_model
 from configs import digits
 from simclr_jax.evals import fast_probe
 
+pytestmark = pytest.mark.quick
+
 
 def _problem(seed=0, n=120, d=6, c=3):
   rng = np.random.default_rng(seed)

@@ -21,6 +21,8 @@ from simclr_jax import data
 from simclr_jax.data import folders
 from simclr_jax.engine import loop
 
+pytestmark = pytest.mark.quick
+
 FORMATS = ("png", "jpg", "webp", "bmp")
 
 

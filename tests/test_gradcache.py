@@ -16,6 +16,8 @@ from simclr_jax.engine import state as state_lib
 from simclr_jax.modes import pretrain
 from simclr_jax.models import build_model
 
+pytestmark = pytest.mark.quick
+
 AXIS = parallel.AXIS
 RTOL = 1e-5
 

@@ -17,6 +17,8 @@ from jax.sharding import PartitionSpec as P
 from simclr_jax import losses
 from simclr_jax import parallel
 
+pytestmark = pytest.mark.quick
+
 
 # ---------------------------------------------------------------------------
 # Float64 NumPy references.

@@ -19,6 +19,8 @@ from simclr_jax import parallel
 from simclr_jax.models import (build_model, count_params, representation_dim,
                                validate_model_config)
 
+pytestmark = pytest.mark.quick
+
 EPS = 1e-5
 BASE = dict(depth=18, width=1, sk_ratio=0.0, stem="cifar", bn_momentum=0.9,
             bn_epsilon=EPS, head_layers=3, head_hidden_dim=0, proj_dim=6,

@@ -25,6 +25,8 @@ from simclr_jax.engine import state as state_lib
 from simclr_jax.models import build_model
 from simclr_jax.modes import pretrain
 
+pytestmark = pytest.mark.quick
+
 AXIS = parallel.AXIS
 LARGE_NUM = 1e9  # tf2/objective.py
 

@@ -372,6 +372,7 @@ def test_a_corrupt_eval_image_fails_before_the_first_step(tmp_path):
   assert results["knn"]["num_examples"] == 12
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("field,value", [
     ("optim.base_lr", float("nan")), ("loss.temperature", float("inf")),
     ("optim.weight_decay", float("-inf")), ("eval.batch_size", 0)])
@@ -413,6 +414,7 @@ def test_a_changed_config_on_resume_is_stopped_unless_allowed(reference,
 # ---------------------------------------------------------- the operator ---
 
 
+@pytest.mark.quick
 def test_operator_errors_are_one_line():
   full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/ckpt")
   wrapped = ValueError("RESOURCE_EXHAUSTED: Error writing ...")
@@ -430,6 +432,7 @@ def test_operator_errors_are_one_line():
   assert logs.operator_error(RuntimeError("something else")) is None
 
 
+@pytest.mark.quick
 def test_dead_runs_temp_folders_are_removed_at_the_next_start(tmp_path,
                                                               monkeypatch):
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -446,6 +449,7 @@ def test_dead_runs_temp_folders_are_removed_at_the_next_start(tmp_path,
   assert tempfile.gettempdir() == path
 
 
+@pytest.mark.quick
 def test_fields_added_since_a_workdir_was_made_are_not_changes():
   from configs import digits  # pylint: disable=g-import-not-at-top
   from simclr_jax.engine import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -458,6 +462,7 @@ def test_fields_added_since_a_workdir_was_made_are_not_changes():
       "loss.temperature: 0.2 -> 0.3"]
 
 
+@pytest.mark.quick
 def test_a_leftover_work_folder_is_cleared_only_if_all_ours(tmp_path):
   variables = {"params": {"w": np.ones((2, 3), np.float32)},
                "batch_stats": {"m": np.zeros(3, np.float32)}}
