@@ -312,7 +312,6 @@ def test_tfds_streamed_subset(tiny_dir):
   assert vals[:8] != vals[8:]  # reshuffled each epoch
 
 
-@pytest.mark.quick
 @pytest.mark.parametrize("cache", [False, True])
 def test_tfds_mock_cifar10(cache):
   with tfds.testing.mock_data(num_examples=20):

@@ -100,7 +100,6 @@ def _step_on(devices, config, teacher, teacher_vars, variables, batch):
   return jax.device_get(state), jax.device_get(metrics)
 
 
-@pytest.mark.quick
 def test_step_one_vs_eight_devices_and_numpy_loss(teacher_export):
   config = _config(teacher_export)
   config.distill.temperature = 2.0

@@ -186,7 +186,6 @@ def _torchvision(name="torchvision"):
   return pytest.importorskip(name)
 
 
-@pytest.mark.quick
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
 def test_torchvision_keys_load_every_encoder_weight(depth):
   torchvision = _torchvision()

@@ -225,7 +225,6 @@ def test_benchmark_times_the_official_code_beside_ours(folder, tmp_path,
     official_pipeline.load_data_util(str(tmp_path))
 
 
-@pytest.mark.quick
 def test_benchmark_device_augmentation_cost_runs(capsys):
   from configs import digits  # pylint: disable=g-import-not-at-top
   config = digits.get_config("tiny")
@@ -239,7 +238,6 @@ def test_benchmark_device_augmentation_cost_runs(capsys):
   assert f"adds {added * 100:.1f}%" in out
 
 
-@pytest.mark.quick
 def test_host_profile_covers_every_stage(folder, capsys):
   from simclr_jax.tools import host_profile  # pylint: disable=g-import-not-at-top
   files = sorted(tf.io.gfile.glob(folder + "/train/*/*.jpg"))

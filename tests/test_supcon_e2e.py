@@ -56,7 +56,6 @@ def _grads_on(devices, config, variables, batch):
       parallel.host_to_global(mesh, batch)))
 
 
-@pytest.mark.quick
 def test_four_view_supcon_step_matches_numpy_on_one_and_eight_devices():
   config = digits_supcon.get_config("tiny")
   assert config.loss.name == "supcon" and config.aug.num_views == 4

@@ -183,7 +183,6 @@ def test_command_line_refuses_a_bad_value_with_status_2(tmp_path):
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
-@pytest.mark.quick
 def test_eval_views_are_fixed_per_example_and_differ_between_views():
   config = _cfg()
 

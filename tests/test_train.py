@@ -15,8 +15,6 @@ from simclr_jax.engine import state as state_lib
 from simclr_jax.modes import pretrain
 from simclr_jax.models import build_model
 
-pytestmark = pytest.mark.quick
-
 AXIS = parallel.AXIS
 
 
@@ -66,6 +64,7 @@ def setup():
   return config, variables, batch
 
 
+@pytest.mark.quick
 def test_one_vs_eight_devices_same_loss_grads_and_bn_stats(setup):
   config, variables, batch = setup
   assert jax.device_count() == 8
