@@ -58,3 +58,17 @@ def tiny_export(tiny_workdir, tmp_path_factory):
   before = _digest(path)
   yield path, copy.deepcopy(meta)
   assert _digest(path) == before, "a test changed the shared tiny export"
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrain_run(tmp_path_factory):
+  """A finished 6-step run of `eval_helpers.tiny_run_config()` (checkpoints
+  2, 4 and 6): (workdir, results). Shared by the engine and workdir-safety
+  tests, which copy it before changing anything (checked at the end)."""
+  import eval_helpers  # pylint: disable=g-import-not-at-top
+  from simclr_jax.modes import pretrain  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("tiny_pretrain_run"))
+  results = pretrain.run(eval_helpers.tiny_run_config(), workdir)
+  before = _digest(workdir)
+  yield workdir, copy.deepcopy(results)
+  assert _digest(workdir) == before, "a test changed the shared pretraining run"

@@ -23,7 +23,6 @@ import pytest
 import tensorflow as tf
 
 import eval_helpers
-from configs import digits
 from configs import digits_distill
 from configs import digits_finetune
 from configs import digits_linear
@@ -58,8 +57,8 @@ def sources(tiny_workdir, tmp_path_factory):
 
 def mode_config(mode, sources, steps=STEPS):
   """A tiny config of `mode`: a checkpoint every 2 steps, a log every step."""
-  if mode == "pretrain":
-    config = digits.get_config("tiny")
+  if mode == "pretrain":  # as conftest's shared `tiny_pretrain_run`
+    config = eval_helpers.tiny_run_config()
   elif mode == "linear_eval":
     config = digits_linear.get_config()
     config.init.checkpoint_dir = sources["pretrain"]
@@ -108,10 +107,11 @@ def _event_tags(workdir):
 
 
 @pytest.fixture(scope="module")
-def references(sources, tmp_path_factory):
-  """Uninterrupted runs of every mode: {mode: (workdir, results)}."""
-  out = {}
-  for mode in ALL_MODES:
+def references(sources, tiny_pretrain_run, tmp_path_factory):
+  """Uninterrupted runs of every mode: {mode: (workdir, results)}; the
+  pretraining one is the session's shared run of the same config."""
+  out = {"pretrain": tiny_pretrain_run}
+  for mode in ALL_MODES[1:]:
     workdir = str(tmp_path_factory.mktemp(f"ref_{mode}"))
     out[mode] = workdir, loop.run(MODES[mode], mode_config(mode, sources),
                                   workdir)

@@ -33,11 +33,7 @@ STEPS = 6
 
 
 def _config(steps=STEPS):
-  config = digits.get_config("tiny")
-  config.train.steps = steps
-  config.train.checkpoint_every_steps = 2
-  config.train.log_every_steps = 1
-  return config
+  return eval_helpers.tiny_run_config(steps)
 
 
 def _tree(directory):
@@ -51,12 +47,10 @@ def _tree(directory):
   return out
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  """A finished 6-step pretraining run with checkpoints 2, 4 and 6."""
-  workdir = str(tmp_path_factory.mktemp("reference"))
-  results = pretrain.run(_config(), workdir)
-  return workdir, results
+@pytest.fixture()
+def reference(tiny_pretrain_run):
+  """A finished 6-step run of `_config()` with checkpoints 2, 4 and 6."""
+  return tiny_pretrain_run
 
 
 # ------------------------------------------------------------- exports ---
