@@ -120,6 +120,7 @@ def test_bad_viz_config_is_rejected():
 # ------------------------------------------------------------- commands ---
 
 
+@pytest.mark.quick
 def test_preview_command_writes_original_and_distinct_views(tmp_path):
   out = str(tmp_path / "views.png")
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep +

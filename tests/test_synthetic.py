@@ -165,6 +165,7 @@ def test_unknown_split_is_refused():
     data_lib.load_labels(data_cfg, "validation")
 
 
+@pytest.mark.quick
 def test_command_line_refuses_a_bad_value_with_status_2(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   path = [repo] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
