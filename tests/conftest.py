@@ -14,3 +14,61 @@ import jax  # pylint: disable=g-import-not-at-top
 
 # Compile time dominates the tiny test models on CPU.
 jax.config.update("jax_disable_most_optimizations", True)
+
+import copy  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import hashlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+
+def _digest(directory):
+  """sha256 of every file below `directory`, by relative path."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(
+            f.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory):
+  """`eval_helpers.make_workdir` once per session: (path, host state).
+
+  Shared by the evaluation, export and engine tests, which only read it (a
+  test that wrote into it fails the check at the end of the session); its
+  config is `eval_helpers.tiny_config()`.
+  """
+  import eval_helpers  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("tiny_workdir") / "run")
+  _, host = eval_helpers.make_workdir(path, step=4)
+  before = _digest(path)
+  yield path, host
+  assert _digest(path) == before, "a test changed the shared tiny workdir"
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_workdir, tmp_path_factory):
+  """The export of `tiny_workdir` (its step 4): (path, meta); read only."""
+  from simclr_jax.tools import export  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("tiny_export") / "export")
+  meta = export.export_workdir(tiny_workdir[0], path)
+  before = _digest(path)
+  yield path, copy.deepcopy(meta)
+  assert _digest(path) == before, "a test changed the shared tiny export"
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrain_run(tmp_path_factory):
+  """A finished 6-step run of `eval_helpers.tiny_run_config()` (checkpoints
+  2, 4 and 6): (workdir, results). Shared by the engine and workdir-safety
+  tests, which copy it before changing anything (checked at the end)."""
+  import eval_helpers  # pylint: disable=g-import-not-at-top
+  from simclr_jax.modes import pretrain  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("tiny_pretrain_run"))
+  results = pretrain.run(eval_helpers.tiny_run_config(), workdir)
+  before = _digest(workdir)
+  yield workdir, copy.deepcopy(results)
+  assert _digest(workdir) == before, "a test changed the shared pretraining run"

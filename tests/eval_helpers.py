@@ -25,6 +25,18 @@ def tiny_config():
   return config
 
 
+def tiny_run_config(steps: int = 6):
+  """configs/digits.py:tiny with a checkpoint every 2 steps and a log every
+  step (the shared pretraining run of conftest's `tiny_pretrain_run`)."""
+  config = digits.get_config("tiny")
+  config.train.global_batch = 32
+  config.eval.batch_size = 64
+  config.train.steps = steps
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 2
+  return config
+
+
 def make_workdir(workdir: str, step: int = 4):
   """Writes a checkpoint at `step` and config.json; returns (config, state)."""
   config = tiny_config()

@@ -17,6 +17,8 @@ from simclr_jax.data import augment
 from simclr_jax.engine import state as state_lib
 from simclr_jax.models import build_model
 
+pytestmark = pytest.mark.quick
+
 
 def _tiny(proj_head):
   config = digits.get_config("tiny")

@@ -10,6 +10,8 @@ import tensorflow as tf
 from simclr_jax.data import augment
 from simclr_jax.data import photometric
 
+pytestmark = pytest.mark.quick
+
 N_DRAWS = 1000
 FREQ_TOL = 0.06  # about 4 binomial standard deviations at 1000 draws
 

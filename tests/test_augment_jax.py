@@ -26,6 +26,7 @@ def _max_diff(a, b):
   return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b))))
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("factor", [0.2, 1.0, 1.7])
 def test_brightness_contrast_match_tf(factor):
   for image in _images():
@@ -35,6 +36,7 @@ def test_brightness_contrast_match_tf(factor):
     assert _max_diff(augment_jax.adjust_contrast(image, factor), tf_c) < EXACT
 
 
+@pytest.mark.quick
 def test_grayscale_and_flip_match_tf():
   for image in _images():
     tf_g = photometric.to_grayscale(tf.constant(image)).numpy()
@@ -49,6 +51,7 @@ def test_grayscale_and_flip_match_tf():
     assert _max_diff(out, tf_f) < EXACT
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("factor", [0.0, 0.3, 1.0, 1.8])
 def test_saturation_matches_tf(factor):
   for image in _images():
@@ -56,6 +59,7 @@ def test_saturation_matches_tf(factor):
     assert _max_diff(augment_jax.adjust_hsv(image, factor, 0.0), ref) < HSV
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("delta", [-0.2, -0.05, 0.0, 0.13, 0.5])
 def test_hue_matches_tf(delta):
   for image in _images():
@@ -63,6 +67,7 @@ def test_hue_matches_tf(delta):
     assert _max_diff(augment_jax.adjust_hsv(image, 1.0, delta), ref) < HSV
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("sigma", [0.1, 0.9, 2.0])
 def test_blur_matches_reference_conv(sigma):
   kernel = photometric.blur_kernel_size(48, 0.1)  # radius 2
@@ -74,6 +79,7 @@ def test_blur_matches_reference_conv(sigma):
     assert _max_diff(out, ref) < HSV
 
 
+@pytest.mark.quick
 def test_jitter_in_random_order_matches_reference():
   rng = np.random.default_rng(1)
   for image in _images():
@@ -88,6 +94,7 @@ def test_jitter_in_random_order_matches_reference():
     assert _max_diff(out, ref) < HSV
 
 
+@pytest.mark.quick
 def test_batch_uses_per_image_parameters_and_clips():
   cfg = imagenet.get_config().aug
   images = jnp.asarray(_images(n=6, size=16)).reshape(3, 2, 16, 16, 3) * 1.2
@@ -104,6 +111,7 @@ def test_batch_uses_per_image_parameters_and_clips():
     np.testing.assert_allclose(out.reshape(6, 16, 16, 3)[i], ref, atol=1e-6)
 
 
+@pytest.mark.quick
 def test_parameter_distribution_matches_reference_sampler():
   """Probabilities and jitter ranges against the tf sampler, by statistics."""
   cfg = imagenet.get_config().aug

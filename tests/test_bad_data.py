@@ -16,6 +16,8 @@ from PIL import Image
 from simclr_jax import data
 from simclr_jax.data import sources
 
+pytestmark = pytest.mark.quick
+
 CLASSES = ("ant", "bee")
 
 

@@ -5,6 +5,7 @@ while parsing flags (before `main`) is covered too. Every case fails before
 jax compiles anything.
 """
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -98,31 +99,48 @@ def _tree(directory):
                 for name in dirs + files)
 
 
-@pytest.mark.parametrize("command,args,names", CASES.values(),
-                         ids=list(CASES))
-def test_input_error_is_one_line_and_status_2(tmp_path, command, args, names):
+def _run_case(root, command, args):
+  """Runs one case in its own folder: (process, files before, files after)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  run = tmp_path / "run"
-  run.mkdir()
+  run = root / "run"
+  run.mkdir(parents=True)
   (run / "config.json").write_text(json.dumps({}))
-  images = tmp_path / "images"
+  images = root / "images"
   images.mkdir()
   Image.new("RGB", (8, 8)).save(images / "one.png")
-  before = _tree(tmp_path)
-  paths = {"missing": str(tmp_path / "missing"), "out": str(tmp_path / "out"),
+  before = _tree(root)
+  paths = {"missing": str(root / "missing"), "out": str(root / "out"),
            "run": str(run), "images": str(images)}
   argv = [a.format(**paths) for a in args]
   proc = subprocess.run([sys.executable, "-m", f"simclr_jax.{command}",
                          *argv], cwd=cli.REPO, env=cli._env(),
-                        capture_output=True, text=True, timeout=120)
+                        capture_output=True, text=True, timeout=300)
+  return proc, before, _tree(root)
+
+
+@pytest.fixture(scope="module")
+def case_runs(tmp_path_factory):
+  """{case: _run_case(...)}: the independent processes, a few at a time
+  (most of each is Python start-up, which a second core halves)."""
+  root = tmp_path_factory.mktemp("cases")
+  with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+    futures = {name: pool.submit(_run_case, root / name, command, args)
+               for name, (command, args, _) in CASES.items()}
+    return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_input_error_is_one_line_and_status_2(case_runs, name):
+  proc, before, after = case_runs[name]
+  names = CASES[name][2]
   output = proc.stdout + proc.stderr
   assert proc.returncode == 2, output
   assert "Traceback" not in output, output
   errors = [l for l in output.splitlines() if l.startswith("error:")]
   assert len(errors) == 1, output
-  for name in names:
-    assert name in errors[0], (name, errors[0])
-  assert _tree(tmp_path) == before  # nothing written, no workdir made
+  for word in names:
+    assert word in errors[0], (word, errors[0])
+  assert after == before  # nothing written, no workdir made
 
 
 # ------------------------------------------------ in process (no start-up) ---
@@ -147,6 +165,7 @@ def _parse(argv):
   return cli_errors.parse(argv, fv), fv
 
 
+@pytest.mark.quick
 def test_closest_field_knows_synonyms_and_typos():
   from simclr_jax.engine import cli_errors  # pylint: disable=g-import-not-at-top
   fields = ["optim.base_lr", "optim.lr_scaling", "optim.weight_decay",
@@ -160,6 +179,7 @@ def test_closest_field_knows_synonyms_and_typos():
   assert cli_errors.closest_field("xyz.qqq", fields) is None
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("argv,line", [
     (["--config.optim.learning_rate=0.1"],
      "--config.optim.learning_rate: no such field; did you mean "
@@ -179,6 +199,7 @@ def test_parse_names_the_field(argv, line):
   assert str(e.value) == line
 
 
+@pytest.mark.quick
 def test_parse_applies_good_overrides():
   rest, fv = _parse([f"--config={cli.REPO}/configs/digits.py:tiny",
                      "--config.train.steps=7", "--noconfig.viz.enabled",

@@ -13,6 +13,8 @@ from simclr_jax.modes import pretrain
 from simclr_jax.engine import state as state_lib
 from simclr_jax.models import build_model
 
+pytestmark = pytest.mark.quick
+
 
 @pytest.mark.parametrize("get", [default.get_config, digits.get_config,
                                  cifar10.get_config, imagenet.get_config])

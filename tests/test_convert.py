@@ -107,6 +107,7 @@ def test_command_line_writes_export(r18, tmp_path):
     np.testing.assert_array_equal(np.asarray(flat_b[p]), a)
 
 
+@pytest.mark.quick
 @needs_fixtures
 @pytest.mark.parametrize("name,depth,sk_ratio", [
     ("r18_1x_sk0", 18, 0.0), ("r50_1x_sk0", 50, 0.0),
@@ -233,6 +234,7 @@ def _tiny_tensors():
           for k, leaf in mapping.items()}
 
 
+@pytest.mark.quick
 def test_tiny_checkpoint_round_trip(tmp_path):
   tensors = _tiny_tensors()
   prefix = _write_checkpoint(str(tmp_path / "ckpt"), tensors)
@@ -291,6 +293,7 @@ def test_tiny_checkpoint_round_trip(tmp_path):
     assert where[official] == ours, (official, where[official])
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("change", ["missing", "extra", "shape"])
 def test_bad_checkpoint_names_the_variable(change, tmp_path):
   tensors = _tiny_tensors()
@@ -313,6 +316,7 @@ def test_bad_checkpoint_names_the_variable(change, tmp_path):
     convert_tf2_checkpoint(prefix, TINY_OVERRIDES)
 
 
+@pytest.mark.quick
 def test_wrong_override_and_foreign_checkpoint_fail(tmp_path):
   prefix = _write_checkpoint(str(tmp_path / "ckpt"), _tiny_tensors())
   with pytest.raises(ValueError, match="shape mismatch: checkpoint variable "

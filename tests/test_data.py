@@ -73,6 +73,7 @@ def assert_batches_equal(a, b):
 # ----------------------------------------------------------------- digits ---
 
 
+@pytest.mark.quick
 def test_digits_split_is_fixed_and_stratified():
   cfg = data_config()
   info = data.dataset_info(cfg)
@@ -85,6 +86,7 @@ def test_digits_split_is_fixed_and_stratified():
                                 data.load_labels(data_config(), "test"))
 
 
+@pytest.mark.quick
 def test_digits_eval_images_equal_source_in_order():
   # At 8 px with no crop the eval image is the raw digit scaled to [0, 1].
   cfg = data_config(image_size=8)
@@ -97,6 +99,7 @@ def test_digits_eval_images_equal_source_in_order():
   np.testing.assert_array_equal(labels, target[te])
 
 
+@pytest.mark.quick
 def test_pretrain_batches_shapes_and_views():
   it = data.make_pretrain_iterator(data_config(), aug_config(num_views=3), 8,
                                    seed=1)
@@ -110,6 +113,7 @@ def test_pretrain_batches_shapes_and_views():
   assert np.all(np.abs(views[:, 0] - views[:, 1]).max(axis=(1, 2, 3)) > 1e-3)
 
 
+@pytest.mark.quick
 def test_resume_yields_the_same_batches():
   cfg, aug = data_config(), aug_config()
   fresh = take(data.make_pretrain_iterator(cfg, aug, 8, seed=3), 5)
@@ -127,6 +131,7 @@ def _index_of(cfg):
   return {fingerprint(im): i for i, im in enumerate(images)}
 
 
+@pytest.mark.quick
 def test_epochs_permute_the_subset_and_resume_across_epochs():
   cfg = data_config()
   labels = data.load_labels(cfg, "train")
@@ -147,6 +152,7 @@ def test_epochs_permute_the_subset_and_resume_across_epochs():
   assert_batches_equal(resumed, fresh[4:8])
 
 
+@pytest.mark.quick
 def test_two_processes_read_disjoint_shards():
   cfg = data_config()
   tables = [sources.load_table(cfg, "train", i, 2) for i in range(2)]
@@ -172,6 +178,7 @@ def test_two_processes_read_disjoint_shards():
   assert batch["images"].shape == (4, 2, 16, 16, 3)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("process_count,global_batch", [(1, 48), (2, 48),
                                                         (3, 33)])
 def test_eval_counts_every_example_once(process_count, global_batch):
@@ -199,6 +206,7 @@ def test_eval_counts_every_example_once(process_count, global_batch):
   np.testing.assert_array_equal(labels, target[te][found])
 
 
+@pytest.mark.quick
 def test_class_balanced_subset():
   labels = np.repeat([0, 1, 2, 3], [50, 7, 1, 23])
   rng = np.random.default_rng(5)
@@ -345,6 +353,7 @@ def folder_root(tmp_path):
   return str(tmp_path), pixels
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("cache", [False, True])
 def test_folder_source(folder_root, cache):
   root, pixels = folder_root
@@ -369,6 +378,7 @@ def test_folder_source(folder_root, cache):
 # ----------------------------------------------------------------- errors ---
 
 
+@pytest.mark.quick
 def test_errors(tmp_path):
   aug = aug_config()
   with pytest.raises(ValueError, match="data.source"):

@@ -26,6 +26,8 @@ from simclr_jax.data import fast
 from simclr_jax.data import folders
 from simclr_jax.data import sources
 
+pytestmark = pytest.mark.quick
+
 H, W = 13, 17
 
 

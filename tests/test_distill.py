@@ -62,6 +62,7 @@ def teacher_export(tmp_path_factory):
   return path
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("tau", [0.5, 1.0, 4.0])
 def test_distill_loss_matches_numpy_and_its_gradient(tau):
   rng = np.random.default_rng(0)
@@ -192,6 +193,7 @@ def test_run_evaluates_exports_and_resumes(teacher_export, tmp_path):
     assert json.load(f)["step"] == 6
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("field,value,match", [
     ("teacher_export", "", "distill.teacher_export"),
     ("temperature", 0.0, "distill.temperature"),
@@ -225,6 +227,7 @@ def test_load_teacher_rejects_bad_exports(teacher_export, tmp_path):
     encoders.load_teacher(_config(wrong))
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("module,arg", [
     ("digits_distill", ""), ("digits_distill", "small"),
     ("digits_distill", "tiny"), ("cifar10_distill", None),

@@ -316,6 +316,7 @@ def test_embed_refuses_an_out_that_is_not_a_complete_file_of_ours(
   assert sorted(os.listdir(tmp_path)) == ["good.npz", "out.npz"]
 
 
+@pytest.mark.quick
 def test_a_complete_embeddings_file_of_ours_is_replaced(tmp_path):
   out = str(tmp_path / "e.npz")
   embed.save_embeddings(out, _embeddings(3))

@@ -23,7 +23,6 @@ import pytest
 import tensorflow as tf
 
 import eval_helpers
-from configs import digits
 from configs import digits_distill
 from configs import digits_finetune
 from configs import digits_linear
@@ -43,11 +42,10 @@ MAIN_RESULT = {"pretrain": "probe", "linear_eval": "linear",
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
+def sources(tiny_workdir, tmp_path_factory):
   """A pretraining workdir (encoder source) and a teacher export."""
   root = tmp_path_factory.mktemp("sources")
-  pre = str(root / "pretrain")
-  eval_helpers.make_workdir(pre, step=4)
+  pre = tiny_workdir[0]
   config = digits_distill.get_config("tiny")
   model = build_model(state_lib.model_config(config), num_classes=10)
   variables = state_lib.init_variables(model, 16, seed=7)
@@ -59,8 +57,8 @@ def sources(tmp_path_factory):
 
 def mode_config(mode, sources, steps=STEPS):
   """A tiny config of `mode`: a checkpoint every 2 steps, a log every step."""
-  if mode == "pretrain":
-    config = digits.get_config("tiny")
+  if mode == "pretrain":  # as conftest's shared `tiny_pretrain_run`
+    config = eval_helpers.tiny_run_config()
   elif mode == "linear_eval":
     config = digits_linear.get_config()
     config.init.checkpoint_dir = sources["pretrain"]
@@ -109,16 +107,18 @@ def _event_tags(workdir):
 
 
 @pytest.fixture(scope="module")
-def references(sources, tmp_path_factory):
-  """Uninterrupted runs of every mode: {mode: (workdir, results)}."""
-  out = {}
-  for mode in ALL_MODES:
+def references(sources, tiny_pretrain_run, tmp_path_factory):
+  """Uninterrupted runs of every mode: {mode: (workdir, results)}; the
+  pretraining one is the session's shared run of the same config."""
+  out = {"pretrain": tiny_pretrain_run}
+  for mode in ALL_MODES[1:]:
     workdir = str(tmp_path_factory.mktemp(f"ref_{mode}"))
     out[mode] = workdir, loop.run(MODES[mode], mode_config(mode, sources),
                                   workdir)
   return out
 
 
+@pytest.mark.quick
 def test_registry_names_every_mode_and_result():
   assert tuple(MODES) == ALL_MODES
   from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top

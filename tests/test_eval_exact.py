@@ -14,6 +14,8 @@ from simclr_jax.evals import classifier
 from simclr_jax.evals import features
 from simclr_jax import parallel
 
+pytestmark = pytest.mark.quick
+
 
 def _logits_fn(variables, images):
   return images.reshape((images.shape[0], -1)) @ variables["w"]

@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 
-import eval_helpers
 from configs import digits_finetune
 from configs import digits_linear
 from simclr_jax.evals import encoders
@@ -16,11 +15,9 @@ from simclr_jax.modes import linear_eval
 from simclr_jax import parallel
 from simclr_jax.engine import checkpoint as ckpt_lib
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("pretrain"))
-  eval_helpers.make_workdir(path, step=4)
-  return path
+@pytest.fixture()
+def workdir(tiny_workdir):
+  return tiny_workdir[0]
 
 
 def _leaves(tree):
@@ -39,6 +36,7 @@ def _train_head(config, workdir):
   return parallel.to_host(job.variables(state)), job
 
 
+@pytest.mark.quick
 def test_linear_eval_leaves_encoder_params_and_bn_stats_bit_identical(
     workdir, tmp_path):
   config = digits_linear.get_config()

@@ -23,15 +23,15 @@ from simclr_jax.models import build_model
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-  root = tmp_path_factory.mktemp("export")
-  workdir, out = str(root / "run"), str(root / "export")
-  config, host = eval_helpers.make_workdir(workdir, step=4)
-  meta = export.export_workdir(workdir, out)
-  return config, host, out, meta
+@pytest.fixture()
+def exported(tiny_workdir, tiny_export):
+  """(config, host state, export path, meta) of the shared tiny workdir."""
+  _, host = tiny_workdir
+  out, meta = tiny_export
+  return eval_helpers.tiny_config(), host, out, meta
 
 
+@pytest.mark.quick
 def test_export_holds_every_variable_and_the_image_convention(exported):
   config, host, out, meta = exported
   variables, meta = ckpt_lib.load_export(out)
@@ -48,6 +48,7 @@ def test_export_holds_every_variable_and_the_image_convention(exported):
                                   err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.quick
 def test_features_from_export_equal_the_live_model(exported):
   config, host, out, _ = exported
   # Live model: the pretraining state applied directly, on one device, to
@@ -72,6 +73,7 @@ def test_features_from_export_equal_the_live_model(exported):
   np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.quick
 def test_export_of_wrong_shape_names_the_parameters(exported, tmp_path):
   _, _, out, _ = exported
   bad = str(tmp_path / "bad")
@@ -84,6 +86,7 @@ def test_export_of_wrong_shape_names_the_parameters(exported, tmp_path):
     encoders.load_encoder(config)
 
 
+@pytest.mark.quick
 def test_missing_workdir_config_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="no config.json"):
     export.export_workdir(str(tmp_path), str(tmp_path / "out"))

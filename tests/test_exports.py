@@ -19,14 +19,12 @@ import jax
 import numpy as np
 import pytest
 
-import eval_helpers
 from simclr_jax import config as config_lib
 from simclr_jax.exports import layout
 from simclr_jax.exports import onnx as onnx_export
 from simclr_jax.exports import pytorch
 from simclr_jax.exports import writers
 from simclr_jax.models import build_model
-from simclr_jax.tools import export as export_tool
 
 TOL = 1e-5
 TINY = {"stage_sizes": (2, 1, 1, 1), "base_widths": (8, 16, 32, 64)}
@@ -81,14 +79,10 @@ def rel_error(got, want):
                np.abs(want).max())
 
 
-@pytest.fixture(scope="module")
-def digits_export(tmp_path_factory):
-  """A pretraining checkpoint of the tiny digits model, and its export."""
-  root = tmp_path_factory.mktemp("digits")
-  workdir, out = str(root / "run"), str(root / "export")
-  eval_helpers.make_workdir(workdir)
-  export_tool.export_workdir(workdir, out)
-  return root, workdir, out
+@pytest.fixture()
+def digits_export(tiny_workdir, tiny_export, tmp_path):
+  """(a folder to write in, the tiny digits workdir, its export)."""
+  return tmp_path, tiny_workdir[0], tiny_export[0]
 
 
 @pytest.fixture(scope="module", params=list(ARCHS) + ["digits"])
@@ -96,7 +90,7 @@ def case(request):
   """(name, model_cfg, num_classes, variables, {size: (images, JAX outputs)})."""
   name = request.param
   if name == "digits":  # the tiny digits model of a real checkpoint
-    _, _, export = request.getfixturevalue("digits_export")
+    export, _ = request.getfixturevalue("tiny_export")
     variables, cfg, num_classes, _, _ = layout.load_source(None, export)
     sizes = (16,)
   else:
@@ -161,6 +155,7 @@ def test_torch_module_matches_jax(case, tmp_path):
       assert err <= TOL, (name, size, key, err)
 
 
+@pytest.mark.quick
 def test_safetensors_file_reads_with_the_safetensors_package(tmp_path):
   st = pytest.importorskip("safetensors.numpy")
   cfg, sizes = ARCHS["r18_w2_imagenet_sk"]

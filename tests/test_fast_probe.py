@@ -16,6 +16,7 @@ def _problem(seed=0, n=120, d=6, c=3):
   return x.astype(np.float32), y.astype(np.int32)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("l2", [1e-2, 1e-1])
 def test_fit_matches_sklearn_multinomial_logistic_regression(l2):
   x, y = _problem()
@@ -49,6 +50,7 @@ def test_fast_probe_chooses_l2_on_validation_and_scores_eval():
   assert out["num_examples"] == 90 and out["num_train"] == 200
 
 
+@pytest.mark.quick
 def test_bad_grid_is_rejected():
   x, y = _problem()
   config = digits.get_config("tiny")

@@ -56,6 +56,7 @@ def _walk(root):
   return sorted(found)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("nested", [False, True])
 def test_unlabelled_tree_is_detected_and_held_out(tmp_path, nested, caplog):
   _tree(tmp_path, nested)
@@ -78,6 +79,7 @@ def test_unlabelled_tree_is_detected_and_held_out(tmp_path, nested, caplog):
   assert folders.split_files(other, "test")[0] != held
 
 
+@pytest.mark.quick
 def test_labelled_folders_without_a_test_folder(tmp_path):
   for c in ("cat", "dog"):
     for k in range(5):
@@ -91,6 +93,7 @@ def test_labelled_folders_without_a_test_folder(tmp_path):
   assert not info.labelled and sum(info.num_examples.values()) == 10
 
 
+@pytest.mark.quick
 def test_forcing_class_folders_on_a_flat_folder_is_one_clear_error(tmp_path):
   _tree(tmp_path, nested=False)
   with pytest.raises(config_lib.ConfigError,
@@ -100,6 +103,7 @@ def test_forcing_class_folders_on_a_flat_folder_is_one_clear_error(tmp_path):
     data.dataset_info(_cfg(tmp_path, folder_labels="classes"))
 
 
+@pytest.mark.quick
 def test_no_holdout_means_no_eval_split_and_evaluations_off(tmp_path, caplog):
   _tree(tmp_path, nested=False)
   config = folder_config.get_config("tiny")
@@ -118,6 +122,7 @@ def test_no_holdout_means_no_eval_split_and_evaluations_off(tmp_path, caplog):
     config_data.adapt_to_data(config, labelled=False, has_eval=False)
 
 
+@pytest.mark.quick
 def test_unlabelled_pretraining_turns_label_evals_off(tmp_path, caplog):
   _tree(tmp_path, nested=True)
   config = folder_config.get_config("tiny")
@@ -133,6 +138,7 @@ def test_unlabelled_pretraining_turns_label_evals_off(tmp_path, caplog):
   assert "train.global_batch=64->16" in caplog.text
 
 
+@pytest.mark.quick
 def test_evaluation_crop_keeps_the_aspect_ratio(tmp_path):
   """A 40 x 160 image evaluates as its central 40 x 40 square."""
   tall = _write(os.path.join(tmp_path, "test", "wide.png"), 40, 160, 0)
@@ -159,6 +165,7 @@ def test_numpy_preprocessing_equals_the_tf_data_evaluation(shape, size, crop):
   np.testing.assert_allclose(got, want, atol=2e-6)
 
 
+@pytest.mark.quick
 def test_every_format_decodes_in_the_folder_source(tmp_path):
   want = {}
   for i, fmt in enumerate(("png", "webp", "bmp")):
@@ -171,6 +178,7 @@ def test_every_format_decodes_in_the_folder_source(tmp_path):
     np.testing.assert_allclose(got[row], want[name] / 255.0, atol=1e-6)
 
 
+@pytest.mark.quick
 def test_fit_sizes_only_with_the_flag():
   config = folder_config.get_config()
   config.data.fit_sizes = False
@@ -183,6 +191,7 @@ def test_fit_sizes_only_with_the_flag():
   ml_collections.ConfigDict(config.to_dict())  # still a plain config
 
 
+@pytest.mark.quick
 def test_a_tree_at_the_root_skips_only_the_eval_folder(tmp_path):
   """ROOT/test is the eval split; ROOT/test2 is training data like any other."""
   for i, sub in enumerate(("", "test", "test2", "test2")):
@@ -196,6 +205,7 @@ def test_a_tree_at_the_root_skips_only_the_eval_folder(tmp_path):
       os.path.join("test", "1.png")]
 
 
+@pytest.mark.quick
 def test_a_single_image_array_is_refused_with_the_fix():
   image = np.zeros((20, 30, 3), np.uint8)
   encoder = api.Encoder.__new__(api.Encoder)  # preprocess needs no model

@@ -5,6 +5,7 @@ dry run goes through the same stages with a tiny model, so a renamed flag,
 module or test file fails here instead of there.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -56,8 +57,46 @@ def test_dry_run_runs_every_stage_and_prints_the_table(tmp_path):
       "env.json", "matmul.json"]
 
 
+@pytest.mark.quick
 def test_unknown_argument_is_refused_in_one_line():
   proc = subprocess.run(["bash", SCRIPT, "--nope"], capture_output=True,
                         text=True, timeout=30, check=False)
   assert proc.returncode == 2
   assert proc.stderr.splitlines()[0] == "gpu_check.sh: unknown argument --nope"
+
+
+@pytest.mark.quick
+def test_table_lines_from_hand_made_rows(tmp_path):
+  from simclr_jax.tools import device_check  # pylint: disable=g-import-not-at-top
+  mib = 2 ** 20
+  base = {"devices": 2, "device_kind": "cpu", "image_size": 16, "depth": 18,
+          "dtype": "float32", "jax": "0.x", "on_device_aug": False}
+  rows = {
+      "bench_00008.json": dict(base, per_chip_batch=8,
+                               images_per_sec_per_chip=150.0,
+                               flops_per_sec_per_chip=3e12, compile_s=4.0,
+                               peak_bytes=2.5 * mib, peak_source="device"),
+      "bench_00004.json": dict(base, per_chip_batch=4,
+                               images_per_sec_per_chip=100.0,
+                               flops_per_sec_per_chip=2e12, compile_s=3.3,
+                               peak_bytes=3 * mib, peak_source="xla"),
+      # The same batch with on-device augmentation: 80 images/s instead of
+      # 100, so the augmentation adds 100 / 80 - 1 = 25% to the step.
+      "bench_00004_paired.json": dict(base, per_chip_batch=4, paired=True,
+                                      on_device_aug=True,
+                                      images_per_sec_per_chip=80.0,
+                                      flops_per_sec_per_chip=1.6e12,
+                                      compile_s=5.0, peak_bytes=mib,
+                                      peak_source="xla"),
+      "matmul.json": {"matmul_flops_per_sec": 8e12, "side": 512,
+                      "dtype": "float32", "device_kind": "cpu"}}
+  for name, row in rows.items():
+    (tmp_path / name).write_text(json.dumps(row))
+  (tmp_path / "bench_00016.json").write_text("{")  # a stage that died
+  assert device_check.table_lines(str(tmp_path))[2:] == [
+      "| 4 | 100.0 | 2.000 | 25.0% | 3.0 (XLA est.) | 3.3 |",
+      "| 8 | 150.0 | 3.000 | 37.5% | 2.5 | 4.0 |",
+      "on-device augmentation at 4/chip: 80.0 images/s/chip with it, 100.0 "
+      "without: adds 25.0% to the step",
+      "ResNet-18, 16 px, float32, synthetic data, no augmentation, 2 x cpu, "
+      "jax 0.x; matmul rate 8.00 TFLOP/s (float32, side 512)"]

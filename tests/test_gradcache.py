@@ -151,6 +151,7 @@ def test_train_mode_bn_is_per_chunk(setup):
   _assert_tree_close(stats, ref_stats)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("chunks", [0, 3, 2.0, True])
 def test_bad_chunks_raise(chunks):
   with pytest.raises(ValueError, match="train.grad_chunks"):

@@ -7,6 +7,8 @@ import pytest
 from simclr_jax.evals import knn
 from simclr_jax import parallel
 
+pytestmark = pytest.mark.quick
+
 
 def _brute_force(bank, bank_labels, queries, k, temperature, num_classes):
   """Direct transcription: cosine similarity, k largest, exp(s/T) votes."""

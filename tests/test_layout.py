@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.quick
+
 PACKAGE = "simclr_jax"
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), PACKAGE)

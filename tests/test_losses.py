@@ -133,6 +133,7 @@ def _z(seed, n, views, dim=8):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("n,tau", [(2, 0.05), (5, 0.1), (8, 0.5), (3, 1.0)])
 def test_nt_xent_matches_paper_formula(n, tau):
   z = _z(n, n, 2)
@@ -145,6 +146,7 @@ def test_nt_xent_matches_paper_formula(n, tau):
                              atol=1e-6)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("views,tau", [(3, 0.1), (4, 0.5)])
 def test_nt_xent_multi_view(views, tau):
   z = _z(10 + views, 4, views)
@@ -160,6 +162,7 @@ def test_nt_xent_multi_view(views, tau):
   np.testing.assert_allclose(loss, sup, rtol=1e-6)
 
 
+@pytest.mark.quick
 def test_nt_xent_gradient_matches_finite_differences():
   z = _z(7, 3, 2, dim=4)
   tau = 0.2
@@ -176,6 +179,7 @@ def test_nt_xent_gradient_matches_finite_differences():
   np.testing.assert_allclose(grad, ref, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("variant", ["out", "in"])
 @pytest.mark.parametrize("views,labels", [
     (2, [0, 1, 0, 2, 1, 0]),
@@ -204,6 +208,7 @@ def test_supcon_base_temperature():
                              rtol=1e-5)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("tau", [0.05, 0.5])
 def test_supcon_distinct_labels_equals_nt_xent(tau):
   z = _z(21, 6, 2)
@@ -216,6 +221,7 @@ def test_supcon_distinct_labels_equals_nt_xent(tau):
                              rtol=1e-6)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("variant", ["out", "in"])
 def test_supcon_singletons_finite(dtype, variant):
@@ -232,6 +238,7 @@ def test_supcon_singletons_finite(dtype, variant):
   assert not np.any(np.asarray(grad, np.float32))
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("views,tau,balance", [(2, 0.2, True), (3, 0.5, True),
                                                (2, 1.0, False)])
 def test_nt_logistic_matches_reference(views, tau, balance):
@@ -245,6 +252,7 @@ def test_nt_logistic_matches_reference(views, tau, balance):
                              rtol=1e-6)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("views,margin", [(2, 0.5), (3, 1.0), (2, 0.0)])
 def test_margin_triplet_matches_reference(views, margin):
   z = _z(41 + views, 5, views)
@@ -305,6 +313,7 @@ def _assert_same_as_one_device(loss_fn, z, *extra):
   return loss8
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("views", [2, 3])
 def test_nt_xent_eight_devices(views):
   z = _z(51 + views, 16, views)
@@ -326,12 +335,14 @@ def test_supcon_eight_devices(variant, views):
                              rtol=1e-5)
 
 
+@pytest.mark.quick
 def test_nt_logistic_eight_devices():
   z = _z(71, 16, 2)
   _assert_same_as_one_device(
       functools.partial(losses.nt_logistic, temperature=0.2), z)
 
 
+@pytest.mark.quick
 def test_margin_triplet_eight_devices():
   z = _z(73, 16, 3)
   loss8 = _assert_same_as_one_device(
@@ -339,6 +350,7 @@ def test_margin_triplet_eight_devices():
   np.testing.assert_allclose(loss8, np_margin_triplet(z, 0.5), rtol=1e-5)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("variant", ["out", "in"])
 def test_supcon_eight_devices_four_views(variant):
   labels = np.array([0, 1, 0, 2, 1, 3, 5, 0, 6, 1, 4, 0, 5, 1, 6, 0],
@@ -372,6 +384,7 @@ def test_nt_xent_bfloat16_at_low_temperature():
     assert cos > 0.999, cos
 
 
+@pytest.mark.quick
 def test_for_config_dispatches_to_each_loss():
   """for_config(name) computes what the named function computes."""
   z, labels = jnp.asarray(_z(7, 4, 2)), jnp.array([0, 1, 0, 2])
@@ -391,6 +404,7 @@ def test_for_config_dispatches_to_each_loss():
   with pytest.raises(ValueError, match=r"loss\.name.*nt_xent.*'simclr'"):
     losses.for_config(cfg)
 
+@pytest.mark.quick
 def test_bad_input_raises():
   z = jnp.ones((4, 2, 8))
   with pytest.raises(ValueError, match="temperature"):

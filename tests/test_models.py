@@ -193,6 +193,7 @@ def _rel(a, b):
   return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
 
 
+@pytest.mark.quick
 # -------------------------------------------------------------------- tests
 @pytest.mark.parametrize("cfg,side", [(TINY_BASIC, 16), (TINY_SK, 32),
                                       (dict(TINY_BASIC, stem="imagenet"), 32)])
@@ -211,6 +212,7 @@ def test_forward_matches_numpy_reference(cfg, side):
   assert _rel(out["logits"], logits) < 1e-5
 
 
+@pytest.mark.quick
 def test_reference_pooling_follows_tensorflow():
   tf = pytest.importorskip("tensorflow")
   # TF's CPU pooling kernels compute in float32.
@@ -246,6 +248,7 @@ def _standard_resnet_params(depth, cifar_stem=False):
   return total
 
 
+@pytest.mark.quick
 def test_param_counts():
   r18 = dict(BASE, stem="imagenet")
   r50 = dict(r18, depth=50)
@@ -270,6 +273,7 @@ def test_param_counts():
   assert "sup_head" not in shapes["params"]
 
 
+@pytest.mark.quick
 def test_init_conventions():
   cfg = dict(BASE, stem="imagenet", depth=50, width=1,
              stage_sizes=[1, 1, 1, 1], base_widths=[16, 32, 64, 128])
@@ -298,6 +302,7 @@ def test_init_conventions():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(v))
 
 
+@pytest.mark.quick
 def test_global_batchnorm_matches_single_device():
   mesh = parallel.make_mesh()
   n = len(mesh.devices.flat)
@@ -329,6 +334,7 @@ def test_global_batchnorm_matches_single_device():
   assert _rel(local_out["z"], np.asarray(ref["z"])) > 1e-2
 
 
+@pytest.mark.quick
 def test_batch_stats_update_rule():
   model, v = _init(TINY_BASIC, 16)
   v = jax.tree.map(jnp.float32, _perturb(v, seed=6))
@@ -367,6 +373,7 @@ def test_bfloat16_compute_keeps_float32_state():
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new))
 
 
+@pytest.mark.quick
 def test_supervised_head_input_and_stop_gradient():
   x = np.random.default_rng(10).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
   for stop in (True, False):
@@ -387,6 +394,7 @@ def test_supervised_head_input_and_stop_gradient():
     assert float(jnp.abs(grads["sup_head"]["dense"]["kernel"]).max()) > 0
 
 
+@pytest.mark.quick
 def test_configdict_and_representation_dim():
   cfg = ml_collections.ConfigDict(dict(BASE, depth=50, width=2,
                                        auto_stem_max_size=64))
@@ -396,6 +404,7 @@ def test_configdict_and_representation_dim():
   assert "auto_stem_max_size" not in validate_model_config(cfg)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("field,value", [
     ("depth", 20), ("width", 0), ("width", 1.5), ("stem", "auto"),
     ("stem", "tiny"), ("sk_ratio", -0.1), ("bn_momentum", 1.0),
@@ -408,6 +417,7 @@ def test_build_model_rejects_bad_fields(field, value):
     build_model(dict(BASE, **{field: value}), 10)
 
 
+@pytest.mark.quick
 def test_build_model_rejects_missing_field_and_classes():
   cfg = dict(BASE)
   del cfg["proj_dim"]

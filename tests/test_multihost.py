@@ -245,6 +245,7 @@ def test_launcher_time_limit(tmp_path):
   assert time.time() - start < 60
 
 
+@pytest.mark.quick
 def test_initialize_rejects_bad_settings():
   with pytest.raises(ValueError, match="--distributed=off"):
     distributed.initialize(num_processes=2, process_id=0, mode="off")
@@ -257,6 +258,7 @@ def test_initialize_rejects_bad_settings():
   assert distributed.initialize(mode="off") is False
 
 
+@pytest.mark.quick
 def test_fingerprint_names_exactly_the_changed_field():
   config = multihost_worker.tiny_config()
   base = distributed.fingerprint(config, {"workdir": "w"})
@@ -270,6 +272,7 @@ def test_fingerprint_names_exactly_the_changed_field():
   assert all(0 <= v < 2**31 for v in base.values())
 
 
+@pytest.mark.quick
 def test_bad_timeouts_are_named():
   config = multihost_worker.tiny_config()
   config.distributed.heartbeat_timeout_s = 0
@@ -278,6 +281,7 @@ def test_bad_timeouts_are_named():
     distributed.initialize_from_flags(config)
 
 
+@pytest.mark.quick
 def test_slurm_environment_is_detected_without_flags(tmp_path):
   # Two processes that see only SLURM's variables, as `srun -n 2` sets them.
   script = ("import sys\n"

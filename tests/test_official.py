@@ -98,6 +98,7 @@ def _per_device(loss_cfg, z, devices):
                                jax.device_put(labels, sharding)))
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("make_config", [cifar10.get_config,
                                          imagenet.get_config])
 @pytest.mark.parametrize("devices", [1, 8])
@@ -118,6 +119,7 @@ def test_official_configs_loss_is_add_contrastive_loss(make_config, devices):
                              np_all_columns_acc(z), rtol=1e-6)
 
 
+@pytest.mark.quick
 def test_accuracies_differ_on_a_hand_made_batch():
   # Image 0's views point one way; image 1's first view is a near copy of
   # image 0's first view, its second view points elsewhere.
@@ -153,6 +155,7 @@ def np_supcontrast(z, labels, tau, base_temperature):
   return np.mean(-(tau / base_temperature) * mean_log_prob_pos)
 
 
+@pytest.mark.quick
 def test_supcon_base_temperature_loss_and_gradient():
   config = cifar10_supcon.get_config()
   assert config.loss.base_temperature == 0.07
@@ -185,6 +188,7 @@ def test_supcon_base_temperature_loss_and_gradient():
   np.testing.assert_allclose(grad, grad0 * tau / 0.07, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.quick
 def test_base_temperature_only_for_supcon():
   config = cifar10.get_config()
   config.loss.base_temperature = 0.07

@@ -59,6 +59,7 @@ def _stats(views):
           "sat": spread.mean(1), "gray": (spread.max(1) < 1e-6)}
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("sigma", [0.1, 0.7, 2.0])
 def test_fast_blur_and_grayscale_equal_reference(sigma):
   image = tf.random.stateless_uniform([64, 48, 3], [1, 2])
@@ -70,6 +71,7 @@ def test_fast_blur_and_grayscale_equal_reference(sigma):
                              atol=1e-6)
 
 
+@pytest.mark.quick
 def test_crop_boxes_from_header_match_reference(folder):
   """Same seeds, same boxes; areas and aspects in the configured ranges."""
   config = _config(folder)
@@ -94,6 +96,7 @@ def test_crop_boxes_from_header_match_reference(folder):
   assert aspects.min() >= 0.75 * 0.97 and aspects.max() <= 4 / 3 * 1.03
 
 
+@pytest.mark.quick
 def test_fast_views_match_reference_views(folder):
   ref = _batches(_config(folder))
   out = _batches(_config(folder, fast_jpeg=True))
@@ -109,6 +112,7 @@ def test_fast_views_match_reference_views(folder):
   np.testing.assert_array_equal(fs["gray"], rs["gray"])
 
 
+@pytest.mark.quick
 def test_on_device_host_part_is_the_reference_crop(folder):
   """The host half of on-device augmentation: the resized crop, unclipped."""
   config = _config(folder, on_device=True)
@@ -280,6 +284,7 @@ def test_fast_profile_stages_build_the_fast_views(folder):
   np.testing.assert_allclose(full[..., 0], full[..., 2], atol=1e-6)
 
 
+@pytest.mark.quick
 def test_dct_level_is_the_largest_ratio_every_crop_allows():
   size = 48
   level = lambda *sizes: int(fast.dct_level(
@@ -331,6 +336,7 @@ def test_dct_views_are_close_to_the_reference_views(folder):
   np.testing.assert_array_equal(ds["gray"], es["gray"])  # same draws
 
 
+@pytest.mark.quick
 def test_dct_decode_needs_the_fast_path():
   from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   config = imagenet.get_config()

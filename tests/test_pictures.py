@@ -61,6 +61,7 @@ def _config():
 # ------------------------------------------------------------ pure parts ---
 
 
+@pytest.mark.quick
 def test_similarity_matrix_matches_float64_reference():
   rng = np.random.default_rng(0)
   n, v, d = 3, 3, 5
@@ -80,6 +81,7 @@ def test_similarity_matrix_matches_float64_reference():
   np.testing.assert_array_equal(pictures.positive_mask(2, 2), expected)
 
 
+@pytest.mark.quick
 def test_grid_layout_places_upscaled_tiles():
   rng = np.random.default_rng(1)
   k, v, s, tile_px = 2, 3, 4, 10  # scale ceil(10 / 4) = 3 -> 12 px tiles
@@ -99,6 +101,7 @@ def test_grid_layout_places_upscaled_tiles():
       np.testing.assert_array_equal(grid[top:top + 12, left:left + 12], want)
 
 
+@pytest.mark.quick
 def test_bad_viz_config_is_rejected():
   config = digits.get_config("tiny")
   config.viz.heatmap_batch = 12
@@ -117,6 +120,7 @@ def test_bad_viz_config_is_rejected():
 # ------------------------------------------------------------- commands ---
 
 
+@pytest.mark.quick
 def test_preview_command_writes_original_and_distinct_views(tmp_path):
   out = str(tmp_path / "views.png")
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep +

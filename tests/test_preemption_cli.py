@@ -3,6 +3,7 @@
 Every child runs under a deadline and is killed if a test fails.
 """
 
+import json
 import os
 import signal
 import socket
@@ -170,6 +171,8 @@ def test_sigterm_exit_status_then_kill9_mid_save_then_finish(tmp_path,
   assert rc == 0, text[-4000:]
   assert f"Resuming from checkpoint at step {latest}" in text
   assert ckpt_lib.Checkpointer(workdir, 3).latest_step() == latest + 2
+  with open(os.path.join(workdir, "pretrain_results.json")) as f:
+    assert json.load(f)["step"] == latest + 2  # the extended run's end
   assert not _partial(ckpt_dir)
   assert killed_mid_save  # the kill hit a save in flight
 

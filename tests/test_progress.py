@@ -6,6 +6,8 @@ import pytest
 
 from simclr_jax.engine import progress
 
+pytestmark = pytest.mark.quick
+
 
 class FakeClock:
   """A clock that advances only when told to."""

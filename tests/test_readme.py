@@ -143,6 +143,7 @@ def module_flags(tmp_path_factory):
     return json.load(f)
 
 
+@pytest.mark.quick
 def test_the_two_commands_are_unchanged():
   first = _blocks()[0]
   assert (".venv/bin/python -m simclr_jax.main --config=configs/digits.py "
@@ -152,6 +153,7 @@ def test_the_two_commands_are_unchanged():
           ".venv/bin/python -m pytest -q tests\n") in first
 
 
+@pytest.mark.quick
 def test_readme_is_short_and_links_exist():
   with open(README) as f:
     text = f.read()

@@ -124,6 +124,7 @@ def test_sigterm_then_resume_equals_uninterrupted(reference, tmp_path,
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.quick
 def test_guard_turns_signals_into_a_flag():
   previous = signal.getsignal(signal.SIGINT)
   with preemption.PreemptionGuard() as guard:
@@ -232,6 +233,7 @@ def _set(config, field, value):
   node[key] = value
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("field,value,needle", [
     ("mode", "pretrian", "config.mode='pretrian'"),
     ("data.source", "imagenet", "config.data.source='imagenet'"),
@@ -254,6 +256,7 @@ def test_bad_config_messages(field, value, needle):
   assert needle in str(err.value)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("value", [0.0, -0.5, 1.5])
 def test_label_fraction_outside_unit_interval(value):
   config = _config()
@@ -267,6 +270,7 @@ def test_label_fraction_outside_unit_interval(value):
     config_lib.validate(config, num_devices=8)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("mode", ["linear_eval", "finetune"])
 def test_modes_from_an_encoder_need_a_start(mode):
   config = _config()
@@ -283,6 +287,7 @@ def test_modes_from_an_encoder_need_a_start(mode):
     config_lib.validate(config, num_devices=8)
 
 
+@pytest.mark.quick
 def test_finite_checks_name_the_quantity():
   history = [(7, {"loss": np.float32(1.0), "grad_norm": np.float32(2.0)}),
              (8, {"loss": np.float32(1.5), "grad_norm": np.float32(np.inf)}),

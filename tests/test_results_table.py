@@ -4,8 +4,11 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from simclr_jax.tools import results_table
+
+pytestmark = pytest.mark.quick
 
 
 def _write(path, results):

@@ -15,6 +15,7 @@ from configs import digits_supcon
 from simclr_jax.evals import classifier
 from simclr_jax.evals import encoders
 from simclr_jax.tools import export
+from simclr_jax import data as data_lib
 from simclr_jax import parallel
 from simclr_jax.engine import state as state_lib
 from simclr_jax.modes import pretrain
@@ -96,7 +97,7 @@ def supcon_run(tmp_path_factory):
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   cmd = [sys.executable, "-m", "simclr_jax.main",
          "--config=configs/digits_supcon.py:tiny", f"--workdir={workdir}",
-         "--config.train.steps=4"]
+         "--config.train.steps=4", "--config.train.log_every_steps=1"]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -114,7 +115,26 @@ def test_cli_pretrains_supcon_with_four_views(supcon_run):
   losses = [float(part.split("=")[1]) for line in log.splitlines()
             for part in line.replace(",", " ").split()
             if part.startswith("loss=")]
-  assert len(losses) == 2 and np.all(np.isfinite(losses))  # steps 2 and 4
+  assert len(losses) == 4 and np.all(np.isfinite(losses))  # steps 1 to 4
+  # Step 1's loss, recomputed independently: the initial variables (the
+  # config's seed) on the first batch of the data pipeline, the SupCon loss
+  # in float64 NumPy. Training-mode BatchNorm over all 128 views on one
+  # device is the global BatchNorm of the 2-device run.
+  config = digits_supcon.get_config("tiny")
+  model = build_model(state_lib.model_config(config), num_classes=10)
+  variables = state_lib.init_variables(model, config.data.image_size,
+                                       config.seed)
+  batch = next(data_lib.make_pretrain_iterator(
+      config.data, config.aug, config.train.global_batch, config.seed))
+  images = np.asarray(batch["images"])
+  n, views = images.shape[:2]
+  assert (n, views) == (32, 4)
+  z = model.apply(variables, images.reshape((n * views,) + images.shape[2:]),
+                  train=True, mutable=["batch_stats"])[0]["z"]
+  expected = _np_supcon_out(np.asarray(z).reshape(n, views, -1),
+                            np.asarray(batch["labels"]),
+                            config.loss.temperature)
+  assert losses[0] == pytest.approx(expected, rel=1e-4)
 
 
 def test_export_of_the_run_teaches_with_the_probe_accuracy(supcon_run,

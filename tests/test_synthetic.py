@@ -36,6 +36,7 @@ def _pretrain(config, seed=0, start=0):
                                          start_step=start)
 
 
+@pytest.mark.quick
 def test_batches_are_global_arrays_split_over_the_devices():
   config = _cfg()
   batch = next(_pretrain(config))
@@ -50,6 +51,7 @@ def test_batches_are_global_arrays_split_over_the_devices():
   assert images.dtype == np.float32 and 0 <= images.min() and images.max() <= 1
 
 
+@pytest.mark.quick
 def test_deterministic_for_a_seed_and_resumes_at_a_step_exactly():
   config = _cfg()
   fresh = _take(_pretrain(config, seed=3), 5)
@@ -67,6 +69,7 @@ def test_deterministic_for_a_seed_and_resumes_at_a_step_exactly():
   assert not np.array_equal(fresh[0]["images"], fresh[1]["images"])
 
 
+@pytest.mark.quick
 def test_labels_and_order_follow_the_definition():
   config = _cfg()  # 64 train examples, 4 classes, global batch 8
   batches = _take(_pretrain(config), 9)
@@ -75,6 +78,7 @@ def test_labels_and_order_follow_the_definition():
       np.concatenate([b["labels"] for b in batches]), np.array(ids) % 4)
 
 
+@pytest.mark.quick
 def test_values_do_not_depend_on_the_device_count():
   config = _cfg()
   one = parallel.make_mesh(jax.devices()[:1])
@@ -84,6 +88,7 @@ def test_values_do_not_depend_on_the_device_count():
   np.testing.assert_allclose(a["images"], b["images"], atol=1e-6)
 
 
+@pytest.mark.quick
 def test_without_noise_every_view_is_the_class_pattern():
   config = _cfg(synthetic_noise=0.0)
   batch = _take(_pretrain(config), 1)[0]
@@ -101,6 +106,7 @@ def test_without_noise_every_view_is_the_class_pattern():
   np.testing.assert_array_equal(first["images"][:8], images[:, 0])
 
 
+@pytest.mark.quick
 def test_eval_iterator_counts_every_example_once():
   config = _cfg()  # 24 eval examples in global batches of 16: 2 batches
   assert data_lib.num_eval_batches(config.data, "test", 16) == 2
@@ -121,6 +127,7 @@ def test_eval_iterator_counts_every_example_once():
   assert data_lib.shard_sizes(config.data, "test", 2) == [12, 12]
 
 
+@pytest.mark.quick
 def test_supervised_batches_draw_from_the_labelled_subset():
   config = _cfg()
   subset = np.array([1, 5, 9, 13, 2])  # labels 1, 1, 1, 1, 2
@@ -132,6 +139,7 @@ def test_supervised_batches_draw_from_the_labelled_subset():
                                 subset[np.arange(8) % 5] % 4)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("field,value,needle", [
     ("data.synthetic_num_classes", 1, "an integer >= 2"),
     ("data.synthetic_train_examples", 0, "a positive integer"),
@@ -150,12 +158,14 @@ def test_bad_values_fail_in_one_line(field, value, needle):
   assert "\n" not in message
 
 
+@pytest.mark.quick
 def test_unknown_split_is_refused():
   data_cfg = _cfg().data
   with pytest.raises(config_lib.ConfigError, match="two splits"):
     data_lib.load_labels(data_cfg, "validation")
 
 
+@pytest.mark.quick
 def test_command_line_refuses_a_bad_value_with_status_2(tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   path = [repo] + os.environ.get("PYTHONPATH", "").split(os.pathsep)

@@ -76,6 +76,7 @@ def _import_blocked(modules):
   assert "LOADED []" in out, out[-3000:]
 
 
+@pytest.mark.quick
 def test_library_modules_import_without_tensorflow():
   modules = [m for m in _package_modules()
              if m not in TF_MODULES and m not in FLAG_MODULES]
@@ -88,6 +89,7 @@ def test_commands_import_without_tensorflow(module):
   _import_blocked([module])
 
 
+@pytest.mark.quick
 def test_blocker_acts_like_a_missing_package():
   code = ("import sys; sys.path.insert(0, 'tests'); import tf_blocker; "
           "tf_blocker.install(); import importlib.util\n"

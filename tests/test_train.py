@@ -64,6 +64,7 @@ def setup():
   return config, variables, batch
 
 
+@pytest.mark.quick
 def test_one_vs_eight_devices_same_loss_grads_and_bn_stats(setup):
   config, variables, batch = setup
   assert jax.device_count() == 8

@@ -33,11 +33,7 @@ STEPS = 6
 
 
 def _config(steps=STEPS):
-  config = digits.get_config("tiny")
-  config.train.steps = steps
-  config.train.checkpoint_every_steps = 2
-  config.train.log_every_steps = 1
-  return config
+  return eval_helpers.tiny_run_config(steps)
 
 
 def _tree(directory):
@@ -51,12 +47,10 @@ def _tree(directory):
   return out
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  """A finished 6-step pretraining run with checkpoints 2, 4 and 6."""
-  workdir = str(tmp_path_factory.mktemp("reference"))
-  results = pretrain.run(_config(), workdir)
-  return workdir, results
+@pytest.fixture()
+def reference(tiny_pretrain_run):
+  """A finished 6-step run of `_config()` with checkpoints 2, 4 and 6."""
+  return tiny_pretrain_run
 
 
 # ------------------------------------------------------------- exports ---
@@ -372,6 +366,7 @@ def test_a_corrupt_eval_image_fails_before_the_first_step(tmp_path):
   assert results["knn"]["num_examples"] == 12
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("field,value", [
     ("optim.base_lr", float("nan")), ("loss.temperature", float("inf")),
     ("optim.weight_decay", float("-inf")), ("eval.batch_size", 0)])
@@ -413,6 +408,7 @@ def test_a_changed_config_on_resume_is_stopped_unless_allowed(reference,
 # ---------------------------------------------------------- the operator ---
 
 
+@pytest.mark.quick
 def test_operator_errors_are_one_line():
   full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/ckpt")
   wrapped = ValueError("RESOURCE_EXHAUSTED: Error writing ...")
@@ -430,6 +426,7 @@ def test_operator_errors_are_one_line():
   assert logs.operator_error(RuntimeError("something else")) is None
 
 
+@pytest.mark.quick
 def test_dead_runs_temp_folders_are_removed_at_the_next_start(tmp_path,
                                                               monkeypatch):
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -446,6 +443,7 @@ def test_dead_runs_temp_folders_are_removed_at_the_next_start(tmp_path,
   assert tempfile.gettempdir() == path
 
 
+@pytest.mark.quick
 def test_fields_added_since_a_workdir_was_made_are_not_changes():
   from configs import digits  # pylint: disable=g-import-not-at-top
   from simclr_jax.engine import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -458,6 +456,7 @@ def test_fields_added_since_a_workdir_was_made_are_not_changes():
       "loss.temperature: 0.2 -> 0.3"]
 
 
+@pytest.mark.quick
 def test_a_leftover_work_folder_is_cleared_only_if_all_ours(tmp_path):
   variables = {"params": {"w": np.ones((2, 3), np.float32)},
                "batch_stats": {"m": np.zeros(3, np.float32)}}

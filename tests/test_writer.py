@@ -11,6 +11,8 @@ event_file_loader = pytest.importorskip(
 
 from simclr_jax.engine import writer as writer_lib
 
+pytestmark = pytest.mark.quick
+
 
 def _scalars(logdir):
   """{(tag, step): value} of the scalars in the event files of `logdir`."""
