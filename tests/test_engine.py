@@ -16,6 +16,7 @@ import threading
 import time
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -31,7 +32,9 @@ from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax.engine import loop
 from simclr_jax.engine import preemption
 from simclr_jax.engine import state as state_lib
+from simclr_jax.exports import format as export_lib
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
 from simclr_jax.modes import MODES
 from simclr_jax.modes import RESULT_NAMES
 
@@ -49,10 +52,10 @@ def sources(tmp_path_factory):
   pre = str(root / "pretrain")
   eval_helpers.make_workdir(pre, step=4)
   config = digits_distill.get_config("tiny")
-  model = build_model(state_lib.model_config(config), num_classes=10)
+  model = build_model(model_config(config), num_classes=10)
   variables = state_lib.init_variables(model, 16, seed=7)
   teacher = str(root / "teacher")
-  ckpt_lib.save_export(teacher, variables, state_lib.model_config(config), 10,
+  export_lib.save_export(teacher, variables, model_config(config), 10,
                        16)
   return {"pretrain": pre, "teacher": teacher}
 
@@ -114,15 +117,32 @@ def references(sources, tmp_path_factory):
   out = {}
   for mode in ALL_MODES:
     workdir = str(tmp_path_factory.mktemp(f"ref_{mode}"))
-    out[mode] = workdir, loop.run(MODES[mode], mode_config(mode, sources),
-                                  workdir)
+    build = MODES[mode].build
+
+    def spy(config, *args, _build=build, _mode=mode):
+      BUILT_WITH[_mode] = config
+      return _build(config, *args)
+
+    MODES[mode].build = spy  # the instance's, removed below
+    try:
+      out[mode] = workdir, loop.run(MODES[mode], mode_config(mode, sources),
+                                    workdir)
+    finally:
+      del MODES[mode].build
   return out
+
+
+BUILT_WITH = {}  # mode -> the config its build() was given
+
+
+def test_every_mode_builds_from_a_frozen_config(references):
+  assert set(references) == set(ALL_MODES)
+  for mode in ALL_MODES:
+    assert isinstance(BUILT_WITH[mode], ml_collections.FrozenConfigDict), mode
 
 
 def test_registry_names_every_mode_and_result():
   assert tuple(MODES) == ALL_MODES
-  from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  assert set(config_lib.MODES) == set(MODES)
   named = {key for key, _ in RESULT_NAMES}
   assert set(MAIN_RESULT.values()) <= named
 
@@ -145,11 +165,11 @@ def _reference_accuracy(mode, workdir, sources):
   variables = {"params": stored["params"],
                "batch_stats": stored["batch_stats"]}
   if mode == "pretrain":
-    model = build_model(state_lib.model_config(config), num_classes=10)
+    model = build_model(model_config(config), num_classes=10)
     logits = model.apply(variables, images, train=False)["logits"]
   elif mode == "linear_eval":
     encoder = _stored(sources["pretrain"], 4)
-    enc_model = build_model(state_lib.model_config(eval_helpers.tiny_config()),
+    enc_model = build_model(model_config(eval_helpers.tiny_config()),
                             num_classes=10)
     h = enc_model.apply({"params": encoder["params"],
                          "batch_stats": encoder["batch_stats"]}, images,
