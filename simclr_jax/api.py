@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import imagefiles
+from simclr_jax.data import imagefiles
 
 # Bicubic resize as TensorFlow computes it (`ResizeBicubic` with half-pixel
 # centres): Keys' cubic with a = -0.5, the fractional position rounded to a
@@ -128,8 +128,8 @@ class Encoder:
   def __init__(self, model: Any, variables: Dict[str, Any],
                meta: Dict[str, Any], path: str):
     """Wraps an inference model; use `load_encoder` to build one."""
-    from simclr_jax.engine import checkpoint  # pylint: disable=g-import-not-at-top
-    pre = checkpoint.preprocessing(meta)
+    from simclr_jax.exports import format as export_lib  # pylint: disable=g-import-not-at-top
+    pre = export_lib.preprocessing(meta)
     self.path = path
     self.meta = meta
     self.image_size = int(pre["image_size"])
@@ -149,8 +149,8 @@ class Encoder:
   @property
   def preprocessing(self) -> Dict[str, Any]:
     """What `embed` does to an image before the network (JSON-able)."""
-    from simclr_jax.engine import checkpoint  # pylint: disable=g-import-not-at-top
-    return checkpoint.preprocessing_meta(self.image_size, self.crop_proportion)
+    from simclr_jax.exports import format as export_lib  # pylint: disable=g-import-not-at-top
+    return export_lib.preprocessing_meta(self.image_size, self.crop_proportion)
 
   def preprocess(self, images: Images) -> np.ndarray:
     """float32 [N, S, S, 3]: the network input for each image."""

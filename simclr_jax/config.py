@@ -13,12 +13,10 @@ import ml_collections
 from simclr_jax import losses
 from simclr_jax import optim
 
-MODES = ("pretrain", "linear_eval", "finetune", "distill")
 SOURCES = ("digits", "tfds", "folder", "synthetic")
 DEPTHS = (18, 34, 50, 101, 152, 200)
 STEMS = ("cifar", "imagenet", "auto")
 DTYPES = ("float32", "bfloat16")
-PROTOCOLS = ("linear", "fast_probe", "knn")  # evaluations of the linear_eval mode
 # model.proj_head: the official `proj_head_mode` values.
 PROJ_HEADS = ("nonlinear", "linear", "none")
 # aug on/off switches, one per op (SimCLR Figure 5).
@@ -75,14 +73,15 @@ def head_depth(proj_head: str, head_layers: int) -> int:
 def validate(config: ml_collections.ConfigDict,
              num_devices: Optional[int] = None,
              num_processes: int = 1) -> None:
-  """Checks a config; raises ValueError naming the field, value and what is allowed.
+  """The checks every mode shares; raises ConfigError naming the field, value
+  and what is allowed. The mode's own checks are its `validate`
+  (`engine.resolve.validate` runs both).
 
   Args:
     config: the full configuration.
     num_devices: global device count; when given, batch divisibility is checked.
     num_processes: number of processes (hosts) sharing the run.
   """
-  _check_in(config, "mode", MODES)
   _check_finite_numbers(config)
   _check_label_fractions(config)
   _check_in(config, "data.source", SOURCES)
@@ -122,8 +121,6 @@ def validate(config: ml_collections.ConfigDict,
   _check_in(config, "optim.lr_scaling", optim.LR_SCALINGS)
   if config.optim.base_lr <= 0:
     _fail("optim.base_lr", config.optim.base_lr, "must be > 0")
-  if config.mode == "distill":
-    _validate_distill(config)
   if not 2 <= config.aug.num_views <= 16:
     _fail("aug.num_views", config.aug.num_views, "must be in [2, 16]")
   _validate_durations(config)
@@ -229,7 +226,7 @@ def _check_label_fractions(config: ml_collections.ConfigDict,
 
 
 def _validate_eval(config: ml_collections.ConfigDict) -> None:
-  """Checks the evaluation fields and that linear_eval/finetune have an encoder."""
+  """Checks the evaluation fields."""
   ev = config.eval
   if not isinstance(ev.batch_size, int) or ev.batch_size < 1:
     _fail("eval.batch_size", ev.batch_size, "a positive integer is required")
@@ -246,36 +243,6 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
     _fail("eval.knn_temperature", ev.knn_temperature, "must be > 0")
   if not 0 < ev.probe_val_fraction < 1:
     _fail("eval.probe_val_fraction", ev.probe_val_fraction, "must be in (0, 1)")
-  protocols = tuple(ev.protocols)
-  if not protocols or not set(protocols) <= set(PROTOCOLS):
-    _fail("eval.protocols", protocols, f"a non-empty subset of {PROTOCOLS}")
-  if config.mode not in ("linear_eval", "finetune"):
-    return
-  sources = [k for k in ("export", "checkpoint_dir", "random") if config.init[k]]
-  if config.mode == "linear_eval" and ev.raw_pixels:
-    if "linear" in protocols:
-      _fail("eval.protocols", protocols, "the raw-pixel baseline runs "
-            "'fast_probe' and 'knn' only (there is no encoder to freeze)")
-    return
-  if len(sources) != 1:
-    _fail("init", {k: config.init[k] for k in ("export", "checkpoint_dir",
-                                               "random")},
-          f"mode={config.mode!r} needs exactly one encoder to start from: "
-          "init.export (an export directory), init.checkpoint_dir (a "
-          "pretraining workdir) or init.random=True")
-  if config.finetune.head_from < 0:
-    _fail("finetune.head_from", config.finetune.head_from, "must be >= 0")
-
-
-def _validate_distill(config: ml_collections.ConfigDict) -> None:
-  """Checks the `config.distill` fields that mode 'distill' reads."""
-  if not config.distill.teacher_export:
-    _fail("distill.teacher_export", config.distill.teacher_export,
-          "the export directory of the teacher is required in mode 'distill'")
-  if config.distill.temperature <= 0:
-    _fail("distill.temperature", config.distill.temperature, "must be > 0")
-  if config.distill.label_weight < 0:
-    _fail("distill.label_weight", config.distill.label_weight, "must be >= 0")
 
 
 def _validate_synthetic(config: ml_collections.ConfigDict) -> None:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 Metrics = Dict[str, jax.Array]
 LossOutput = Tuple[jax.Array, Metrics]
@@ -442,3 +443,14 @@ def for_config(loss_cfg: Any) -> ConfiguredLoss:
     return loss, metrics
 
   return fn
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy with integer labels, in float32."""
+  logits = logits.astype(jnp.float32)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Fraction of rows whose arg-max is the label."""
+  return jnp.mean(jnp.argmax(logits, -1) == labels)

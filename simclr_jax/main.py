@@ -32,37 +32,28 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # pylint: disable=g-import-not-at-top
-  from simclr_jax import config as config_lib
+  from simclr_jax import modes
   config = FLAGS.config
-  config_lib.validate(config)  # before any device, data or compile work
-  # The model's own field checks too (the models import `config`, so
-  # `config.validate` cannot call them), before the workdir is made.
-  from simclr_jax.models import simclr as simclr_model
-  simclr_model.validate_model_config(
-      dict(config.model.items(), stem=config_lib.resolve_stem(config)))
+  mode = modes.get(config.mode)  # the config itself is checked once resolved
   # TensorFlow, only where a tf.data pipeline is built, is kept off the
   # GPUs/TPUs by `simclr_jax.data.tf_host` before any TF op runs.
   # Multi-host start-up comes before any other JAX use.
   distributed.initialize_from_flags(config)
   import jax
-  from etils import epath
   from simclr_jax.engine import loop
   from simclr_jax.engine import preemption
-  from simclr_jax.modes import MODES
-  from simclr_jax.modes import print_results
   # pylint: enable=g-import-not-at-top
   logging.info("JAX process %d/%d, %d local / %d global devices",
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-  epath.Path(FLAGS.workdir).mkdir(parents=True, exist_ok=True)  # gs:// too
   try:
-    results = loop.run(MODES[config.mode], config, FLAGS.workdir)
+    results = loop.run(mode, config, FLAGS.workdir)
   except preemption.Preempted as e:
     # A distinct status so schedulers can requeue; rerunning resumes.
     logging.warning("%s", e)
     sys.exit(preemption.PREEMPTED_EXIT_CODE)
   if jax.process_index() == 0:
-    print_results(results, config.data.eval_split)
+    modes.print_results(results, config.data.eval_split)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ import tensorflow as tf
 
 from configs import default
 from configs import digits
-from simclr_jax import augment_jax
 from simclr_jax import config as config_lib
 from simclr_jax import optim
 from simclr_jax.data import augment
+from simclr_jax.data import augment_jax
 from simclr_jax.engine import state as state_lib
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
 
 pytestmark = pytest.mark.quick
 
@@ -28,7 +29,7 @@ def _tiny(proj_head):
 
 
 def _forward(config):
-  model = build_model(state_lib.model_config(config), num_classes=3)
+  model = build_model(model_config(config), num_classes=3)
   variables = state_lib.init_variables(model, 16, seed=0)
   x = np.random.default_rng(0).uniform(size=(4, 16, 16, 3)).astype(
       np.float32)

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from configs import imagenet
-from simclr_jax import augment_jax
+from simclr_jax.data import augment_jax
 from simclr_jax.data import photometric
 
 EXACT = 1e-5  # brightness, contrast, grayscale, flip

@@ -8,10 +8,11 @@ import pytest
 
 from configs import cifar10, default, digits, imagenet
 from simclr_jax import config as config_lib
+from simclr_jax import modes
 from simclr_jax import optim
-from simclr_jax.modes import pretrain
-from simclr_jax.engine import state as state_lib
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
+from simclr_jax.modes import pretrain
 
 pytestmark = pytest.mark.quick
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.quick
 @pytest.mark.parametrize("get", [default.get_config, digits.get_config,
                                  cifar10.get_config, imagenet.get_config])
 def test_shipped_configs_validate(get):
-  config_lib.validate(get(), num_devices=8)
+  modes.validate(get(), num_devices=8)
 
 
 @pytest.mark.parametrize("field,value,needle", [
@@ -37,7 +38,7 @@ def test_bad_fields_are_named(field, value, needle):
   section, _, key = field.rpartition(".")
   (config[section] if section else config)[key] = value
   with pytest.raises(ValueError) as err:
-    config_lib.validate(config, num_devices=8)
+    modes.validate(config, num_devices=8)
   assert needle in str(err.value)
 
 
@@ -45,7 +46,7 @@ def test_batch_not_divisible_by_devices():
   config = digits.get_config()
   config.train.global_batch = 12
   with pytest.raises(ValueError, match=r"global_batch=12 .*number of devices \(8\)"):
-    config_lib.validate(config, num_devices=8)
+    modes.validate(config, num_devices=8)
 
 
 def test_imagenet_stem_needs_32_pixels():
@@ -53,7 +54,7 @@ def test_imagenet_stem_needs_32_pixels():
   config.model.stem = "imagenet"
   config.data.image_size = 16
   with pytest.raises(ValueError, match="image_size=16.*at least 32"):
-    config_lib.validate(config)
+    modes.validate(config)
 
 
 def test_errors_raised_by_run_before_any_compile(tmp_path):
@@ -104,7 +105,7 @@ def test_is_time_single_decision_point():
 
 def test_lars_masks_exclude_bn_and_biases_include_kernels():
   config = digits.get_config()
-  model = build_model(state_lib.model_config(config), num_classes=10)
+  model = build_model(model_config(config), num_classes=10)
   params = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)),
                          train=False))["params"]

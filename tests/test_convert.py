@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from simclr_jax.engine import checkpoint
+from simclr_jax.exports import format as export_lib
 from simclr_jax.tools import convert_map
 from simclr_jax.tools.convert import (convert_tf2_checkpoint, match_variables,
                                 model_leaf_shapes)
@@ -97,7 +97,7 @@ def test_command_line_writes_export(r18, tmp_path):
        f"--out={out}"], cwd=REPO, env=env, capture_output=True, text=True,
       timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  loaded, meta = checkpoint.load_export(out)
+  loaded, meta = export_lib.load_export(out)
   assert meta["model"] == cfg and meta["num_classes"] == num_classes == 10
   assert meta["image_size"] == 224
   flat_a = jax.tree_util.tree_leaves_with_path(variables)

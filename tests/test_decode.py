@@ -21,9 +21,9 @@ import tensorflow as tf
 from PIL import Image
 
 from configs import folder as folder_config
-from simclr_jax import imagefiles
 from simclr_jax.data import fast
 from simclr_jax.data import folders
+from simclr_jax.data import imagefiles
 from simclr_jax.data import sources
 
 pytestmark = pytest.mark.quick

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 
 from configs import digits_distill
-from simclr_jax.evals import encoders
-from simclr_jax.engine import checkpoint as ckpt_lib
-from simclr_jax import config as config_lib
 from simclr_jax import data as data_lib
-from simclr_jax.modes import distill
+from simclr_jax import modes
 from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax.engine import state as state_lib
+from simclr_jax.evals import encoders
+from simclr_jax.exports import format as export_lib
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
+from simclr_jax.modes import distill
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,11 +55,11 @@ def teacher_export(tmp_path_factory):
   """A randomly initialised tiny teacher with a 10-class head, exported."""
   config = digits_distill.get_config("tiny")
   config.model.head_layers = 2  # a different architecture from the student
-  model_cfg = state_lib.model_config(config)
+  model_cfg = model_config(config)
   model = build_model(model_cfg, num_classes=10)
   variables = state_lib.init_variables(model, 16, seed=7)
   path = str(tmp_path_factory.mktemp("teacher") / "export")
-  ckpt_lib.save_export(path, variables, model_cfg, 10, 16)
+  export_lib.save_export(path, variables, model_cfg, 10, 16)
   return path
 
 
@@ -85,7 +86,7 @@ def test_distill_loss_matches_numpy_and_its_gradient(tau):
 
 def _step_on(devices, config, teacher, teacher_vars, variables, batch):
   mesh = parallel.make_mesh(devices)
-  student = build_model(state_lib.model_config(config), num_classes=10,
+  student = build_model(model_config(config), num_classes=10,
                         axis_name=parallel.AXIS, sup_stop_gradient=False)
   schedule = optim.make_schedule(0.1, total_steps=10, warmup_steps=0)
   tx = optim.make_optimizer(config.optim, schedule)
@@ -105,7 +106,7 @@ def test_step_one_vs_eight_devices_and_numpy_loss(teacher_export):
   config.distill.temperature = 2.0
   config.distill.label_weight = 0.5
   teacher, teacher_vars, _ = encoders.load_teacher(config)
-  student = build_model(state_lib.model_config(config), num_classes=10,
+  student = build_model(model_config(config), num_classes=10,
                         sup_stop_gradient=False)
   variables = state_lib.init_variables(student, 16, seed=0)
   rng = np.random.default_rng(0)
@@ -176,7 +177,7 @@ def test_run_evaluates_exports_and_resumes(teacher_export, tmp_path):
   assert count == 360
   assert results["teacher"]["top1"] == pytest.approx(top1, abs=1e-9)
   # The student export reloads as a classifier with the same accuracy.
-  exported, meta = ckpt_lib.load_export(os.path.join(workdir, "export"))
+  exported, meta = export_lib.load_export(os.path.join(workdir, "export"))
   assert meta["num_classes"] == 10 and meta["extra"]["step"] == 4
   student = build_model(meta["model"], num_classes=10)
   top1, _ = _eval_reference(config, student, exported)
@@ -203,7 +204,7 @@ def test_validate_rejects_bad_fields(field, value, match):
   config = _config("unused")
   config.distill[field] = value
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(config)
+    modes.validate(config)
 
 
 def test_load_teacher_rejects_bad_exports(teacher_export, tmp_path):
@@ -214,15 +215,15 @@ def test_load_teacher_rejects_bad_exports(teacher_export, tmp_path):
   with pytest.raises(ValueError, match="data.image_size"):
     encoders.load_teacher(config)
   # An encoder-only export (no classifier head) cannot teach.
-  variables, meta = ckpt_lib.load_export(teacher_export)
+  variables, meta = export_lib.load_export(teacher_export)
   variables["params"].pop("sup_head")
   headless = str(tmp_path / "headless")
-  ckpt_lib.save_export(headless, variables, meta["model"], 0, 16)
+  export_lib.save_export(headless, variables, meta["model"], 0, 16)
   with pytest.raises(ValueError, match="no classifier head"):
     encoders.load_teacher(_config(headless))
   # An export whose variables do not match its own meta.json.
   wrong = str(tmp_path / "wrong")
-  ckpt_lib.save_export(wrong, variables, meta["model"], 10, 16)
+  export_lib.save_export(wrong, variables, meta["model"], 10, 16)
   with pytest.raises(ValueError, match="sup_head"):
     encoders.load_teacher(_config(wrong))
 
@@ -237,7 +238,7 @@ def test_configs_validate(module, arg):
   import importlib  # pylint: disable=g-import-not-at-top
   mod = importlib.import_module(f"configs.{module}")
   config = mod.get_config() if arg is None else mod.get_config(arg)
-  config_lib.validate(config, num_devices=8)
+  modes.validate(config, num_devices=8)
   if "supcon" in module:
     assert config.loss.name == "supcon" and config.mode == "pretrain"
   else:

@@ -19,8 +19,8 @@ import simclr_jax
 from configs import folder as folder_config
 from simclr_jax import config as config_lib
 from simclr_jax import data
-from simclr_jax import imagefiles
-from simclr_jax.engine import checkpoint as ckpt_lib
+from simclr_jax.data import imagefiles
+from simclr_jax.exports import format as export_lib
 from simclr_jax.modes import MODES
 from simclr_jax.tools import embed
 from simclr_jax.tools import export
@@ -212,7 +212,7 @@ def test_converted_official_checkpoint_embeds_with_its_crop(tmp_path):
   with open(meta_path) as f:
     meta = json.load(f)
   del meta["preprocessing"]
-  assert ckpt_lib.preprocessing(meta)["crop_proportion"] == 0.875
+  assert export_lib.preprocessing(meta)["crop_proportion"] == 0.875
 
 
 def test_evaluate_takes_image_size_and_crop_from_the_export(pretrained):

@@ -16,6 +16,7 @@ import threading
 import time
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -30,7 +31,9 @@ from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax.engine import loop
 from simclr_jax.engine import preemption
 from simclr_jax.engine import state as state_lib
+from simclr_jax.exports import format as export_lib
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
 from simclr_jax.modes import MODES
 from simclr_jax.modes import RESULT_NAMES
 
@@ -47,10 +50,10 @@ def sources(tiny_workdir, tmp_path_factory):
   root = tmp_path_factory.mktemp("sources")
   pre = tiny_workdir[0]
   config = digits_distill.get_config("tiny")
-  model = build_model(state_lib.model_config(config), num_classes=10)
+  model = build_model(model_config(config), num_classes=10)
   variables = state_lib.init_variables(model, 16, seed=7)
   teacher = str(root / "teacher")
-  ckpt_lib.save_export(teacher, variables, state_lib.model_config(config), 10,
+  export_lib.save_export(teacher, variables, model_config(config), 10,
                        16)
   return {"pretrain": pre, "teacher": teacher}
 
@@ -113,16 +116,27 @@ def references(sources, tiny_pretrain_run, tmp_path_factory):
   out = {"pretrain": tiny_pretrain_run}
   for mode in ALL_MODES[1:]:
     workdir = str(tmp_path_factory.mktemp(f"ref_{mode}"))
-    out[mode] = workdir, loop.run(MODES[mode], mode_config(mode, sources),
-                                  workdir)
+    build = MODES[mode].build
+
+    def spy(config, *args, _build=build, _mode=mode):
+      BUILT_WITH[_mode] = config
+      return _build(config, *args)
+
+    MODES[mode].build = spy  # the instance's, removed below
+    try:
+      out[mode] = workdir, loop.run(MODES[mode], mode_config(mode, sources),
+                                    workdir)
+    finally:
+      del MODES[mode].build
   return out
+
+
+BUILT_WITH = {}  # mode -> the config its build() was given
 
 
 @pytest.mark.quick
 def test_registry_names_every_mode_and_result():
   assert tuple(MODES) == ALL_MODES
-  from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  assert set(config_lib.MODES) == set(MODES)
   named = {key for key, _ in RESULT_NAMES}
   assert set(MAIN_RESULT.values()) <= named
 
@@ -145,11 +159,11 @@ def _reference_accuracy(mode, workdir, sources):
   variables = {"params": stored["params"],
                "batch_stats": stored["batch_stats"]}
   if mode == "pretrain":
-    model = build_model(state_lib.model_config(config), num_classes=10)
+    model = build_model(model_config(config), num_classes=10)
     logits = model.apply(variables, images, train=False)["logits"]
   elif mode == "linear_eval":
     encoder = _stored(sources["pretrain"], 4)
-    enc_model = build_model(state_lib.model_config(eval_helpers.tiny_config()),
+    enc_model = build_model(model_config(eval_helpers.tiny_config()),
                             num_classes=10)
     h = enc_model.apply({"params": encoder["params"],
                          "batch_stats": encoder["batch_stats"]}, images,
@@ -235,6 +249,7 @@ class _SlowDevice(loop.Mode):
     os.kill(os.getpid(), signal.SIGTERM)
 
   def build(self, config, mesh, workdir):
+    self.config = config  # what the loop hands every mode: frozen
     job = self._mode.build(config, mesh, workdir)
 
     @jax.jit
@@ -282,6 +297,15 @@ def test_a_stop_signal_is_acted_on_within_three_steps_of_a_slow_device(
   assert running <= stopped.value.step <= running + 3, (running,
                                                         stopped.value.step)
   assert ckpt_lib.Checkpointer(workdir, 10).all_steps() == [stopped.value.step]
+  assert isinstance(slow.config, ml_collections.FrozenConfigDict)
+
+
+def test_every_mode_builds_from_a_frozen_config(references):
+  # pretrain's reference is the session's shared run; the slow-device test
+  # above checks that every mode, pretrain included, gets a frozen config.
+  assert set(BUILT_WITH) == set(ALL_MODES[1:])
+  for mode, config in BUILT_WITH.items():
+    assert isinstance(config, ml_collections.FrozenConfigDict), mode
 
 
 @pytest.mark.parametrize("mode,other", (("linear_eval", "pretrain"),

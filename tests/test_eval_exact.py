@@ -8,11 +8,11 @@ import pytest
 import eval_helpers
 from configs import digits_finetune
 from configs import digits_linear
-from simclr_jax import config as config_lib
 from simclr_jax import data as data_lib
+from simclr_jax import modes
+from simclr_jax import parallel
 from simclr_jax.evals import classifier
 from simclr_jax.evals import features
-from simclr_jax import parallel
 
 pytestmark = pytest.mark.quick
 
@@ -90,21 +90,21 @@ def test_bad_eval_fields_are_rejected(field, value, match):
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(config)
+    modes.validate(config)
 
 
 def test_linear_eval_and_finetune_need_exactly_one_encoder():
   for config in (digits_linear.get_config(), digits_finetune.get_config()):
     with pytest.raises(ValueError, match="needs exactly one encoder"):
-      config_lib.validate(config)
+      modes.validate(config)
     config.init.export = "a"
-    config_lib.validate(config)
+    modes.validate(config)
     config.init.checkpoint_dir = "b"
     with pytest.raises(ValueError, match="needs exactly one encoder"):
-      config_lib.validate(config)
-  config_lib.validate(digits_linear.get_config("random"))
-  config_lib.validate(digits_linear.get_config("pixels"))
+      modes.validate(config)
+  modes.validate(digits_linear.get_config("random"))
+  modes.validate(digits_linear.get_config("pixels"))
   config = digits_linear.get_config("pixels")
   config.eval.protocols = ("linear", "knn")
   with pytest.raises(ValueError, match="raw-pixel baseline"):
-    config_lib.validate(config)
+    modes.validate(config)

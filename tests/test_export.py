@@ -11,14 +11,14 @@ import pytest
 
 import eval_helpers
 from configs import digits_linear
-from simclr_jax.evals import encoders
-from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax import data as data_lib
-from simclr_jax.tools import export
-from simclr_jax.evals import features
 from simclr_jax import parallel
-from simclr_jax.engine import state as state_lib
+from simclr_jax.evals import encoders
+from simclr_jax.evals import features
+from simclr_jax.exports import format as export_lib
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
+from simclr_jax.tools import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,10 +34,10 @@ def exported(tiny_workdir, tiny_export):
 @pytest.mark.quick
 def test_export_holds_every_variable_and_the_image_convention(exported):
   config, host, out, meta = exported
-  variables, meta = ckpt_lib.load_export(out)
+  variables, meta = export_lib.load_export(out)
   assert meta["image_size"] == 16 and meta["image_range"] == [0.0, 1.0]
   assert meta["extra"]["step"] == 4 and meta["num_classes"] == 10
-  assert meta["model"] == state_lib.model_config(config) | {
+  assert meta["model"] == model_config(config) | {
       "stage_sizes": [1, 1, 1, 1], "base_widths": [8, 16, 32, 64]}
   want = jax.tree_util.tree_leaves_with_path(
       {"params": host.params, "batch_stats": host.batch_stats})
@@ -53,7 +53,7 @@ def test_features_from_export_equal_the_live_model(exported):
   config, host, out, _ = exported
   # Live model: the pretraining state applied directly, on one device, to
   # all 360 test images in a single unpadded batch.
-  live = build_model(state_lib.model_config(config), num_classes=10)
+  live = build_model(model_config(config), num_classes=10)
   batch = next(data_lib.make_eval_iterator(config.data, config.aug, "test",
                                            360))
   want = jax.jit(lambda v, x: live.apply(v, x, train=False)["h"])(
@@ -77,9 +77,9 @@ def test_features_from_export_equal_the_live_model(exported):
 def test_export_of_wrong_shape_names_the_parameters(exported, tmp_path):
   _, _, out, _ = exported
   bad = str(tmp_path / "bad")
-  variables, meta = ckpt_lib.load_export(out)
+  variables, meta = export_lib.load_export(out)
   model_cfg = dict(meta["model"], base_widths=[8, 16, 32, 32])
-  ckpt_lib.save_export(bad, variables, model_cfg, 10, 16)
+  export_lib.save_export(bad, variables, model_cfg, 10, 16)
   config = eval_helpers.tiny_config()
   config.init.export = bad
   with pytest.raises(ValueError, match=r"shape mismatch at params/encoder/"):

@@ -354,14 +354,14 @@ def test_docs_commands_and_snippets_run(digits_export, tmp_path,
   _torchvision()
   import shlex  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from simclr_jax.engine import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from simclr_jax.exports import format as export_lib  # pylint: disable=g-import-not-at-top
   from simclr_jax.tools import embed  # pylint: disable=g-import-not-at-top
   _, _, digits = digits_export
   monkeypatch.chdir(tmp_path)
   # A full-size ResNet-50 export (random weights) for the torchvision part.
   cfg = model_cfg(50, 1, 0.0, "imagenet", stage_sizes=None, base_widths=None,
                   sk_min_dim=None, proj_dim=128)
-  ckpt_lib.save_export("r50", random_variables(build_model(cfg, 1000), 32),
+  export_lib.save_export("r50", random_variables(build_model(cfg, 1000), 32),
                        cfg, 1000, 32)
   exports = {"runs/mine/export": digits, "runs/r50_official": "r50"}
   _image_folder("my_images", True)

@@ -16,10 +16,11 @@ from PIL import Image
 from configs import folder as folder_config
 from simclr_jax import api
 from simclr_jax import config as config_lib
-from simclr_jax import config_data
 from simclr_jax import data
+from simclr_jax import modes
 from simclr_jax.data import folders
 from simclr_jax.engine import loop
+from simclr_jax.engine import resolve
 
 FORMATS = ("png", "jpg", "webp", "bmp")
 
@@ -112,14 +113,14 @@ def test_no_holdout_means_no_eval_split_and_evaluations_off(tmp_path, caplog):
   info = data.dataset_info(config.data)
   assert not info.has_eval and info.num_examples == {"train": 20}
   with caplog.at_level(py_logging.INFO):
-    loop._check_data(config)  # pylint: disable=protected-access
-  assert "No eval split: evaluation skipped" in caplog.text
+    config, _ = loop.resolve_config(modes.get("pretrain"), config)
+  assert "resolved: train.probe True -> False" in caplog.text
   assert not (config.train.probe or config.eval.knn or config.viz.enabled)
   assert config.eval.signals == "off"
   # A mode that needs an eval split says so before anything is built.
-  config.mode = "linear_eval"
+  facts = resolve.DataFacts(num_train=20, num_eval=None, labelled=False)
   with pytest.raises(config_lib.ConfigError, match="needs labelled data"):
-    config_data.adapt_to_data(config, labelled=False, has_eval=False)
+    resolve.resolve(modes.get("linear_eval"), config, facts)
 
 
 @pytest.mark.quick
@@ -129,13 +130,13 @@ def test_unlabelled_pretraining_turns_label_evals_off(tmp_path, caplog):
   config.data.data_dir = str(tmp_path)
   config.train.global_batch = 64  # more than the 18 training images
   with caplog.at_level(py_logging.INFO):
-    loop._check_data(config)  # pylint: disable=protected-access
+    config, _ = loop.resolve_config(modes.get("pretrain"), config)
   assert not (config.train.probe or config.eval.knn)
   assert config.eval.signals == "on" and config.viz.enabled
-  assert "train.probe, eval.knn set to False" in caplog.text
+  assert "resolved: eval.knn True -> False" in caplog.text
   # data.fit_sizes: the batch fits the data and the device count.
   assert config.train.global_batch == 16
-  assert "train.global_batch=64->16" in caplog.text
+  assert "resolved: train.global_batch 64 -> 16" in caplog.text
 
 
 @pytest.mark.quick
@@ -181,13 +182,19 @@ def test_every_format_decodes_in_the_folder_source(tmp_path):
 @pytest.mark.quick
 def test_fit_sizes_only_with_the_flag():
   config = folder_config.get_config()
+  config.data.data_dir = "a/folder"  # only its facts are read here
   config.data.fit_sizes = False
-  config_data.fit_sizes(config, 20, 2, 1)
-  assert config.train.global_batch == folder_config.BATCH
+  facts = resolve.DataFacts(num_train=20, num_eval=2, labelled=True,
+                            num_devices=8)
+  pretrain = modes.get("pretrain")
+  with pytest.raises(config_lib.ConfigError, match="train.global_batch"):
+    resolve.resolve(pretrain, config, facts)
   config.data.fit_sizes = True
-  config_data.fit_sizes(config, 20, 2, 8)
+  config = resolve.resolve(pretrain, config, facts)
   assert config.train.global_batch == 16
   assert 0 < config.viz.tsne_perplexity < 2
+  with pytest.raises(AttributeError):  # frozen: nothing changes it later
+    config.train.global_batch = 8
   ml_collections.ConfigDict(config.to_dict())  # still a plain config
 
 

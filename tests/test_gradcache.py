@@ -13,8 +13,9 @@ from simclr_jax import gradcache
 from simclr_jax import losses
 from simclr_jax import parallel
 from simclr_jax.engine import state as state_lib
-from simclr_jax.modes import pretrain
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
+from simclr_jax.modes import pretrain
 
 AXIS = parallel.AXIS
 RTOL = 1e-5
@@ -39,10 +40,10 @@ def setup():
   config = digits.get_config("tiny")
   config.model.stem = "cifar"
   config.train.global_batch = 32  # 4 images (8 views) per device
-  model = build_model(state_lib.model_config(config), num_classes=10,
+  model = build_model(model_config(config), num_classes=10,
                       axis_name=AXIS)
   variables = state_lib.init_variables(
-      build_model(state_lib.model_config(config), num_classes=10),
+      build_model(model_config(config), num_classes=10),
       config.data.image_size, seed=0)
   rng = np.random.default_rng(0)
   # Non-trivial statistics and BN scales so every path carries gradient.
@@ -75,7 +76,7 @@ def _inference_grads(params, stats, batch, *, model, config, chunks):
   def loss_fn(outputs):
     loss, _ = losses.for_config(config.loss)(
         outputs["z"].reshape(n, views, -1), labels, AXIS)
-    probe = state_lib.cross_entropy(outputs["logits"], jnp.repeat(labels, views))
+    probe = losses.cross_entropy(outputs["logits"], jnp.repeat(labels, views))
     return loss + probe, ()
 
   if chunks == 0:  # the reference: plain autodiff through the whole batch
@@ -125,7 +126,7 @@ def _per_chunk_bn_reference(params, stats, batch, *, model, config, chunks):
     z = jnp.concatenate([o["z"] for o in outs]).reshape(n, views, -1)
     logits = jnp.concatenate([o["logits"] for o in outs])
     loss, _ = losses.for_config(config.loss)(z, labels, AXIS)
-    loss = loss + state_lib.cross_entropy(logits, jnp.repeat(labels, views))
+    loss = loss + losses.cross_entropy(logits, jnp.repeat(labels, views))
     mean_stats = jax.tree.map(lambda *s: sum(s) / chunks, *new_stats)
     return loss, mean_stats
 

@@ -116,3 +116,45 @@ def test_entry_points_are_a_few_lines(name):
     code = [l for l in f.read().splitlines() if l.strip() and
             not l.lstrip().startswith("#")]
   assert len(code) <= 12, name
+
+
+def _mode_names():
+  """The `name = "..."` of every mode class under simclr_jax/modes/."""
+  names = set()
+  for mod, path in _modules().items():
+    if not mod.startswith(f"{PACKAGE}.modes."):
+      continue
+    with open(path) as f:
+      tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+      if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+          and [getattr(t, "id", None) for t in node.targets] == ["name"]):
+        names.add(node.value.value)
+  return names
+
+
+def _names_a_mode(node, names) -> bool:
+  """Whether a comparison operand is a mode's name or `<config>.mode`."""
+  if isinstance(node, ast.Constant):
+    return node.value in names
+  if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+    return any(_names_a_mode(e, names) for e in node.elts)
+  return (isinstance(node, ast.Attribute) and node.attr == "mode" and
+          isinstance(node.value, ast.Name) and
+          node.value.id in ("config", "cfg", "c"))
+
+
+def test_nothing_outside_the_modes_branches_on_a_mode_name():
+  names = _mode_names()
+  assert {"pretrain", "linear_eval", "finetune", "distill"} <= names
+  offenders = []
+  for mod, path in _modules().items():
+    if mod.startswith(f"{PACKAGE}.modes"):
+      continue
+    with open(path) as f:
+      tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Compare) and any(
+          _names_a_mode(n, names) for n in [node.left] + node.comparators):
+        offenders.append(f"{mod}:{node.lineno}")
+  assert not offenders, offenders

@@ -23,6 +23,7 @@ from simclr_jax import losses
 from simclr_jax import parallel
 from simclr_jax.engine import state as state_lib
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
 from simclr_jax.modes import pretrain
 
 AXIS = parallel.AXIS
@@ -305,7 +306,7 @@ def test_official_config_step_is_official_lars():
            "labels": rng.integers(0, 10, size=8).astype(np.int32)}
   model, params0, got = _run_steps(config, batch, steps=2)
   # The reference model has no mapped axis: one device, same parameters.
-  ref_model = build_model(state_lib.model_config(config), num_classes=10)
+  ref_model = build_model(model_config(config), num_classes=10)
   stats = state_lib.init_variables(ref_model, 16, config.seed)["batch_stats"]
   wd, momentum = config.optim.weight_decay, config.optim.momentum
   objective = _official_objective(ref_model, batch, config.loss.temperature,

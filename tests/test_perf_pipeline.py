@@ -7,14 +7,16 @@ import tensorflow as tf
 
 from configs import cifar10
 from configs import imagenet
-from simclr_jax import augment_jax
-from simclr_jax import imagefiles
-from simclr_jax.tools import benchmark
+from simclr_jax import modes
 from simclr_jax.data import augment
+from simclr_jax.data import augment_jax
 from simclr_jax.data import fast
+from simclr_jax.data import imagefiles
 from simclr_jax.data import photometric
 from simclr_jax.data import pipeline
 from simclr_jax.data import sources
+from simclr_jax.engine import resolve
+from simclr_jax.tools import benchmark
 
 SIZE = 48
 BATCH = 32
@@ -135,20 +137,25 @@ def test_on_device_host_part_is_the_reference_crop(folder):
   assert best < 1e-3
 
 
+def _facts(backend):
+  return resolve.DataFacts(num_train=4096, num_eval=512, labelled=True,
+                           backend=backend)
+
+
 def test_accelerator_configs_choose_on_device_augmentation(folder):
   for make in (imagenet.get_config, cifar10.get_config):
-    config = make()
-    assert augment_jax.choose_input_path(config, "gpu") and config.aug.on_device
-    config = make()
-    assert not augment_jax.choose_input_path(config, "cpu")
-    assert not config.aug.on_device
-  # Only where the config asks, and only for pretraining.
+    assert augment_jax.choose_input_path(make(), "gpu")
+    assert modes.get("pretrain").rules()[0](make(), _facts("gpu")) == {
+        "aug.on_device": True}
+    assert not augment_jax.choose_input_path(make(), "cpu")
+  # Only where the config asks, and only where the mode's rules ask.
   config = _config(folder)
   config.aug.on_device_on_accelerators = False
   assert not augment_jax.choose_input_path(config, "tpu")
   config = _config(folder)
   config.mode = "linear_eval"
-  assert not augment_jax.choose_input_path(config, "gpu")
+  assert all("aug.on_device" not in rule(config, _facts("gpu"))
+             for rule in modes.get("linear_eval").rules())
 
 
 def test_on_device_augmentation_matches_reference_statistics(folder):
@@ -160,6 +167,7 @@ def test_on_device_augmentation_matches_reference_statistics(folder):
   config = _config(folder)
   config.data.fast_jpeg = False
   assert augment_jax.choose_input_path(config, "gpu")  # as on a GPU
+  config.aug.on_device = True
   host = _batches(config, num=4)
   out = np.asarray(jax.jit(lambda k, x: augment_jax.augment_batch(
       k, x, config.aug))(jax.random.PRNGKey(0), host))

@@ -11,8 +11,9 @@ from jax.sharding import PartitionSpec as P
 from configs import digits
 from simclr_jax import parallel
 from simclr_jax.engine import state as state_lib
-from simclr_jax.modes import pretrain
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
+from simclr_jax.modes import pretrain
 
 AXIS = parallel.AXIS
 
@@ -30,14 +31,14 @@ def setup():
   batch = {"images": rng.uniform(size=(8, 2, 16, 16, 3)).astype(np.float32),
            "labels": rng.integers(0, 10, 8).astype(np.int32)}
   variables = state_lib.init_variables(
-      build_model(state_lib.model_config(_config("bfloat16")), num_classes=10),
+      build_model(model_config(_config("bfloat16")), num_classes=10),
       16, seed=0)
   return batch, variables
 
 
 def _grads(dtype, variables, batch):
   config = _config(dtype)
-  model = build_model(state_lib.model_config(config), num_classes=10,
+  model = build_model(model_config(config), num_classes=10,
                       axis_name=AXIS)
   mesh = parallel.make_mesh(jax.devices()[:1])
   fn = functools.partial(pretrain.pretrain_grads, model=model,
@@ -69,7 +70,7 @@ def test_bfloat16_keeps_state_and_loss_in_float32(setup):
 
 def test_bfloat16_convolutions_and_float32_outputs(setup):
   batch, variables = setup
-  model = build_model(state_lib.model_config(_config("bfloat16")), num_classes=10)
+  model = build_model(model_config(_config("bfloat16")), num_classes=10)
   x = jnp.asarray(batch["images"][:, 0])
   apply = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
   out, updates = apply(variables, x)

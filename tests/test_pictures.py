@@ -16,13 +16,14 @@ import pytest
 from PIL import Image
 
 from configs import digits
-from simclr_jax.engine import checkpoint
-from simclr_jax.evals import plots
-from simclr_jax.modes import pretrain
-from simclr_jax.evals import preview
+from simclr_jax.data import preview
 from simclr_jax.engine import state as state_lib
 from simclr_jax.evals import pictures
+from simclr_jax.exports import format as export_lib
+from simclr_jax.models import model_config
+from simclr_jax.modes import pretrain
 from simclr_jax.tools import visualize
+from simclr_jax.viz import plots
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIN_STD = 20.0  # grey levels: a blank or flat image has ~0
@@ -215,11 +216,11 @@ def test_tensorboard_holds_the_images(digits_run):
 
 def test_export_pictures(tmp_path):
   config = _config()
-  model_cfg = state_lib.model_config(config)
+  model_cfg = model_config(config)
   from simclr_jax.models import build_model  # pylint: disable=g-import-not-at-top
   variables = state_lib.init_variables(build_model(model_cfg, 10), 16, 0)
   export = str(tmp_path / "export")
-  checkpoint.save_export(export, variables, model_cfg, 10, 16,
+  export_lib.save_export(export, variables, model_cfg, 10, 16,
                          extra={"step": 7})
   out_dir = str(tmp_path / "pictures")
   paths = visualize.run_on_saved(config, out_dir, export_dir=export)

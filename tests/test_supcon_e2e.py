@@ -12,14 +12,16 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import digits_supcon
-from simclr_jax.evals import classifier
-from simclr_jax.evals import encoders
-from simclr_jax.tools import export
 from simclr_jax import data as data_lib
+from simclr_jax import losses
 from simclr_jax import parallel
 from simclr_jax.engine import state as state_lib
-from simclr_jax.modes import pretrain
+from simclr_jax.evals import classifier
+from simclr_jax.evals import encoders
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
+from simclr_jax.modes import pretrain
+from simclr_jax.tools import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AXIS = parallel.AXIS
@@ -44,7 +46,7 @@ def _np_supcon_out(z, labels, tau):
 
 def _grads_on(devices, config, variables, batch):
   mesh = parallel.make_mesh(devices)
-  model = build_model(state_lib.model_config(config), num_classes=10,
+  model = build_model(model_config(config), num_classes=10,
                       axis_name=AXIS)
   fn = functools.partial(pretrain.pretrain_grads, model=model,
                          loss_cfg=config.loss, probe=True)
@@ -59,7 +61,7 @@ def _grads_on(devices, config, variables, batch):
 def test_four_view_supcon_step_matches_numpy_on_one_and_eight_devices():
   config = digits_supcon.get_config("tiny")
   assert config.loss.name == "supcon" and config.aug.num_views == 4
-  model = build_model(state_lib.model_config(config), num_classes=10)
+  model = build_model(model_config(config), num_classes=10)
   variables = state_lib.init_variables(model, 16, seed=0)
   rng = np.random.default_rng(1)
   # Repeated classes across devices, and class 9 a singleton (its 4 views

@@ -26,7 +26,7 @@ TF_MODULES = {
     "simclr_jax.data.pipeline", "simclr_jax.data.augment",
     "simclr_jax.data.photometric", "simclr_jax.data.fast",
     "simclr_jax.data.folders",
-    "simclr_jax.evals.preview", "simclr_jax.tools.preview"}
+    "simclr_jax.data.preview", "simclr_jax.tools.preview"}
 # Modules that define the same absl flags (--config): one interpreter each.
 FLAG_MODULES = ("simclr_jax.main", "simclr_jax.tools.device_check")
 

@@ -12,8 +12,9 @@ from configs import digits
 from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax.engine import state as state_lib
-from simclr_jax.modes import pretrain
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
+from simclr_jax.modes import pretrain
 
 AXIS = parallel.AXIS
 
@@ -27,7 +28,7 @@ def _tiny_config() -> ml_collections.ConfigDict:
 def _grads_on(devices, config, variables, batch):
   """Gradients, new BN statistics and metrics of one step on `devices`."""
   mesh = parallel.make_mesh(devices)
-  model = build_model(state_lib.model_config(config), num_classes=10,
+  model = build_model(model_config(config), num_classes=10,
                       axis_name=AXIS)
   fn = functools.partial(pretrain.pretrain_grads, model=model,
                          loss_cfg=config.loss, probe=True)
@@ -55,7 +56,7 @@ def _assert_tree_close(a, b, rtol):
 @pytest.fixture(scope="module")
 def setup():
   config = _tiny_config()
-  model = build_model(state_lib.model_config(config), num_classes=10)
+  model = build_model(model_config(config), num_classes=10)
   variables = state_lib.init_variables(model, config.data.image_size, seed=0)
   rng = np.random.default_rng(0)
   size = config.data.image_size
@@ -85,7 +86,7 @@ def test_full_step_updates_state_identically(setup):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = parallel.make_mesh(devices)
-    model = build_model(state_lib.model_config(config), num_classes=10,
+    model = build_model(model_config(config), num_classes=10,
                         axis_name=AXIS)
     schedule = optim.make_schedule(0.1, total_steps=10, warmup_steps=0)
     tx = optim.make_optimizer(config.optim, schedule)

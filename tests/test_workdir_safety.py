@@ -26,6 +26,7 @@ from simclr_jax.engine import logs
 from simclr_jax.engine import workdir as workdir_lib
 from simclr_jax.engine import writer as writer_lib
 from simclr_jax.evals import knn
+from simclr_jax.exports import format as export_lib
 from simclr_jax.modes import pretrain
 from simclr_jax.tools import export
 
@@ -81,7 +82,7 @@ def test_an_existing_export_is_replaced_and_siblings_are_kept(reference,
       f.write("mine")
   assert export.export_workdir(workdir, out, step=2)["extra"]["step"] == 2
   assert export.export_workdir(workdir, out, step=6)["extra"]["step"] == 6
-  assert ckpt_lib.read_export_meta(out)["extra"]["step"] == 6
+  assert export_lib.read_export_meta(out)["extra"]["step"] == 6
   assert sorted(os.listdir(out)) == ["meta.json", "variables"]
   for sibling in (".old", ".tmp"):
     assert _tree(out + sibling) == {"keep.txt": b"mine"}
@@ -461,7 +462,7 @@ def test_a_leftover_work_folder_is_cleared_only_if_all_ours(tmp_path):
   variables = {"params": {"w": np.ones((2, 3), np.float32)},
                "batch_stats": {"m": np.zeros(3, np.float32)}}
   out = str(tmp_path / "export")
-  save = lambda: ckpt_lib.save_export(out, variables, {"depth": 18}, 0, 16)
+  save = lambda: export_lib.save_export(out, variables, {"depth": 18}, 0, 16)
   save()
   # An interrupted replacement left the old export aside, and an
   # interrupted export left its work folder (orbax's own work folder in it).
@@ -486,7 +487,7 @@ def test_a_leftover_work_folder_is_cleared_only_if_all_ours(tmp_path):
       save()
     assert _tree(leftover) == before
     shutil.rmtree(leftover)
-  assert ckpt_lib.is_export(out) and not ckpt_lib.is_export(old)
+  assert export_lib.is_export(out) and not export_lib.is_export(old)
 
 
 def test_a_file_put_inside_while_exporting_is_kept_aside(tmp_path,
@@ -494,8 +495,8 @@ def test_a_file_put_inside_while_exporting_is_kept_aside(tmp_path,
   variables = {"params": {"w": np.ones((2, 3), np.float32)},
                "batch_stats": {"m": np.zeros(3, np.float32)}}
   out = str(tmp_path / "export")
-  ckpt_lib.save_export(out, variables, {"depth": 18}, 0, 16)
-  checked = ckpt_lib.check_export_target
+  export_lib.save_export(out, variables, {"depth": 18}, 0, 16)
+  checked = export_lib.check_export_target
 
   def check_then_user_writes(path, field):
     checked(path, field)  # passes; then the user puts a file inside
@@ -503,9 +504,9 @@ def test_a_file_put_inside_while_exporting_is_kept_aside(tmp_path,
       f.write("mine")
 
   monkeypatch.setattr(ckpt_lib, "check_export_target", check_then_user_writes)
-  ckpt_lib.save_export(out, variables, {"depth": 18}, 0, 32)
-  assert ckpt_lib.read_export_meta(out)["image_size"] == 32
-  assert ckpt_lib.is_export(out)
+  export_lib.save_export(out, variables, {"depth": 18}, 0, 32)
+  assert export_lib.read_export_meta(out)["image_size"] == 32
+  assert export_lib.is_export(out)
   kept = [n for n in os.listdir(tmp_path) if n.startswith("export.kept-")]
   assert len(kept) == 1 and len(os.listdir(tmp_path)) == 2
   assert _tree(str(tmp_path / kept[0])) == {"variables/late.txt": b"mine"}

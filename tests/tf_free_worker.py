@@ -30,10 +30,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # configs/
 import simclr_jax
 from configs import synthetic as synthetic_config
-from simclr_jax.engine import checkpoint as ckpt_lib
-from simclr_jax.engine import state as state_lib
 from simclr_jax.evals import encoders
+from simclr_jax.exports import format as export_lib
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
 from simclr_jax.modes import MODES
 from simclr_jax.tools import export
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -100,14 +100,14 @@ def step_export(ctx) -> None:
   ctx["export"] = os.path.join(ctx["out"], "export")
   meta = export.export_workdir(ctx["workdir"], ctx["export"])
   assert meta["extra"]["step"] == TRAIN_STEPS, meta
-  variables, meta = ckpt_lib.load_export(ctx["export"])
+  variables, meta = export_lib.load_export(ctx["export"])
   _leaves_equal(variables, ctx["variables"], "export vs checkpoint")
   model = build_model(meta["model"], num_classes=0)
   config = _config()
   size = config.data.image_size
   x = np.random.default_rng(0).uniform(size=(4, size, size, 3)).astype(
       np.float32)
-  live = build_model(state_lib.model_config(config), num_classes=0)
+  live = build_model(model_config(config), num_classes=0)
   want = live.apply(ctx["variables"], x, train=False)["h"]
   got = model.apply(variables, x, train=False)["h"]
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6,
@@ -124,7 +124,7 @@ def step_embed(ctx) -> None:
   got = encoder.embed(images)
   # At the export's own size with the full-image crop the preprocessing is
   # only the scaling to [0, 1].
-  model = build_model(ckpt_lib.load_export(ctx["export"])[1]["model"],
+  model = build_model(export_lib.load_export(ctx["export"])[1]["model"],
                       num_classes=0)
   want = model.apply(ctx["variables"], images.astype(np.float32) / 255.0,
                      train=False)["h"]

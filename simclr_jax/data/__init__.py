@@ -1,10 +1,10 @@
 """Input pipeline: sources, stateless SimCLR augmentations, iterators.
 
 Importing this package does not import TensorFlow. The tf.data modules
-(`sources`, `folders`, `pipeline`, `augment`, `photometric`, `fast`) load on
-first use, when a pipeline of a file or TFDS source is built, and hide the
-accelerators from TensorFlow before any TF op runs (`tf_host`); JAX owns the
-GPUs/TPUs.
+(`sources`, `folders`, `pipeline`, `augment`, `photometric`, `fast`, and the
+augmentation `preview`) load on first use, when a pipeline of a file or TFDS
+source is built, and hide the accelerators from TensorFlow before any TF op
+runs (`tf_host`); JAX owns the GPUs/TPUs.
 `data.source='synthetic'` is served by `synthetic` with JAX alone, so the
 engine and every mode run where TensorFlow is not installed.
 
@@ -28,8 +28,9 @@ _TF_NAMES = {"check_aug_config": "augment", "preprocess_eval": "augment",
 
 
 # Submodules reachable as attributes (`data.sources`) before their import.
-_SUBMODULES = ("augment", "common", "fast", "folders", "photometric",
-               "pipeline", "sources", "synthetic", "tf_host")
+_SUBMODULES = ("augment", "augment_jax", "common", "fast", "folders",
+               "imagefiles", "photometric", "pipeline", "preview", "sources",
+               "synthetic", "tf_host")
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,7 @@
 
 The dataset description (`DatasetInfo`), the constants that define the
 official SimCLR colour jitter and blur (used by the TF host ops in
-`photometric` and by their JAX port in `simclr_jax.augment_jax`), the
+`photometric` and by their JAX port in `simclr_jax.data.augment_jax`), the
 augmentation ops' on/off switches (`op_prob`), and the
 class-balanced labelled subset. Everything here is plain Python and NumPy, so
 the engine, the modes and the synthetic source import it on a machine where

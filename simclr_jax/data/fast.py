@@ -18,7 +18,7 @@ boxes and the same random choices for the same seed), with less work:
   crop is resized from uint8 (one float scaling of the output instead of a
   conversion of the whole decoded window);
 * with `on_device` the host stops after crop and resize and the rest runs
-  in JAX in the train step (`simclr_jax.augment_jax`);
+  in JAX in the train step (`simclr_jax.data.augment_jax`);
 * with `data.fast_jpeg_dct` (off by default: close to the reference, not
   equal) a window whose every crop is at least 2, 4 or 8 times the output
   side on both axes is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
@@ -39,8 +39,8 @@ from typing import Any, List
 
 from simclr_jax.data.tf_host import tf
 
-from simclr_jax import imagefiles
 from simclr_jax.data import augment
+from simclr_jax.data import imagefiles
 from simclr_jax.data import photometric
 from simclr_jax.data import sources
 

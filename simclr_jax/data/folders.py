@@ -32,9 +32,9 @@ from simclr_jax.data.tf_host import tf
 from absl import logging
 
 from simclr_jax import config as config_lib
-from simclr_jax import imagefiles
-from simclr_jax.imagefiles import IMAGE_EXTENSIONS
-from simclr_jax.imagefiles import is_image_name
+from simclr_jax.data import imagefiles
+from simclr_jax.data.imagefiles import IMAGE_EXTENSIONS
+from simclr_jax.data.imagefiles import is_image_name
 
 FOLDER_LABELS = ("auto", "subfolders", "none")
 # Eval split kinds: its own folder, held out of train, or none.

@@ -11,7 +11,7 @@ from typing import Any, Callable, Tuple
 
 from simclr_jax.data.tf_host import tf
 
-# The official constants, shared with the JAX port (`simclr_jax.augment_jax`).
+# The official constants, shared with the JAX port (`simclr_jax.data.augment_jax`).
 # pylint: disable=unused-import
 from simclr_jax.data.common import BRIGHTNESS_PER_STRENGTH
 from simclr_jax.data.common import CONTRAST_PER_STRENGTH

@@ -28,8 +28,8 @@ from simclr_jax.data.tf_host import tf  # pylint: disable=g-bad-import-order
 import tensorflow_datasets as tfds  # pylint: disable=g-bad-import-order
 
 from simclr_jax import config as config_lib
-from simclr_jax import imagefiles
 from simclr_jax.data import folders
+from simclr_jax.data import imagefiles
 from simclr_jax.data.common import DatasetInfo
 
 SOURCES = ("digits", "tfds", "folder")
@@ -220,7 +220,7 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
   formats (PNG, GIF, WebP, BMP) at their own channel count, then greyscale
   replicated and alpha dropped. BMPs other than uncompressed 24/32-bit fail
   (TensorFlow would read a palette's indices as grey levels). See
-  `simclr_jax.imagefiles` for the rules both decoders share.
+  `simclr_jax.data.imagefiles` for the rules both decoders share.
 
   Args:
     encoded: scalar string tensor.

@@ -4,6 +4,8 @@ A mode (see `simclr_jax.modes`) says only what differs: it builds a `Job`
 (initial state, mapped step, batches, evaluators, what it writes at the
 end). This loop then gives every mode the same behaviour:
 
+* the config resolved once against the data and the backend, validated and
+  frozen (`engine.resolve`), before the mode builds anything;
 * resume from the newest checkpoint of the workdir, shape-checked against the
   job's state (`train.start_over` moves a different model's checkpoints
   aside); the data iterator starts at the restored step;
@@ -26,19 +28,21 @@ import abc
 import dataclasses
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, ClassVar, Dict, Iterator, List, Optional,
+                    Sequence, Tuple, Union)
 
 import jax
 import ml_collections
 from absl import logging
+from etils import epath
 
 from simclr_jax import config as config_lib
-from simclr_jax import config_data
 from simclr_jax import distributed
 from simclr_jax import parallel
 from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax.engine import preemption
 from simclr_jax.engine import progress
+from simclr_jax.engine import resolve as resolve_lib
 from simclr_jax.engine import results as results_lib
 from simclr_jax.engine import state as state_lib
 from simclr_jax.engine import workdir as workdir_lib
@@ -54,7 +58,7 @@ class Job:
     state: the replicated step-0 state (also the checkpoint's target).
     step_fn: (state, *step_args, global batch) -> (state, metrics).
     batches: start step -> iterator of host-local batches from that step.
-    total_steps: steps of the whole run (0: evaluate only).
+    total_steps: steps of the whole run.
     images_per_step: global images per step, for images/s.
     step_args: replicated read-only inputs of the step (frozen encoder,
       teacher).
@@ -79,21 +83,82 @@ class Job:
   description: str = ""
 
 
+@dataclasses.dataclass
+class EvalJob:
+  """What an evaluation-only mode hands the loop: no state, step or batches,
+  nothing to resume; its evaluators run once, at the end.
+
+  Attributes:
+    evaluators: run once; their results are filed under their names.
+    variables: () -> the variables the evaluators score.
+    results: results known when the job is built (its source, ...).
+    description: one log line saying what is evaluated.
+  """
+  evaluators: Sequence[evals_base.Evaluator]
+  variables: Callable[[], Any]
+  results: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  description: str = ""
+  total_steps: ClassVar[int] = 0  # trains nothing
+
+
 class Mode(abc.ABC):
-  """A mode of `main`: a name and how to build its job."""
+  """A mode of `main`: a name, its rules and how to build its job.
+
+  A mode owns everything that is particular to it: the data it needs, the
+  rules that resolve its config against the data (`engine.resolve`), its own
+  field checks, and its job. Nothing outside `simclr_jax.modes` asks a mode
+  for its name to decide anything.
+
+  Attributes:
+    name: the `config.mode` value (and the results file's name).
+    needs_labels: refuse unlabelled data.
+    needs_eval_split: refuse data without an eval split.
+    takes_encoder: the mode evaluates or trains an existing encoder named by
+      `config.init` (the `evaluate` command runs these).
+  """
 
   name: str = ""
+  needs_labels: bool = True
+  needs_eval_split: bool = True
+  takes_encoder: bool = False
+
+  def rules(self) -> Sequence[resolve_lib.Rule]:
+    """(config, facts) -> changed fields, applied in order when resolving.
+
+    By default the batch is fitted to a small dataset (`data.fit_sizes`).
+    """
+    return (resolve_lib.fit_batch,)
+
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    """The mode's own field checks, after the shared ones (no data, no
+    devices); raises ConfigError."""
+
+  def check_data(self, config: ml_collections.ConfigDict,
+                 facts: resolve_lib.DataFacts) -> None:
+    """The checks whose limits depend on the data; by default the batch must
+    fit the training split."""
+    resolve_lib.check_batch(config, facts.num_train)
 
   @abc.abstractmethod
-  def build(self, config: ml_collections.ConfigDict, mesh,
-            workdir: str) -> Job:
-    """Builds the job; must fail on bad values before compiling anything."""
+  def build(self, config: ml_collections.FrozenConfigDict, mesh,
+            workdir: str) -> Union[Job, EvalJob]:
+    """Builds the job from the resolved config, before compiling anything."""
 
   def run(self, config: ml_collections.ConfigDict, workdir: str,
           guard: Optional[preemption.PreemptionGuard] = None
           ) -> Dict[str, Any]:
     """Runs this mode in `workdir` through the one loop; see `run`."""
     return run(self, config, workdir, guard)
+
+
+def resolve_config(mode: Mode, config: ml_collections.ConfigDict
+                   ) -> Tuple[ml_collections.FrozenConfigDict,
+                              resolve_lib.DataFacts]:
+  """`config` resolved for `mode` on this data and these devices (frozen),
+  and the facts it was resolved on."""
+  facts = resolve_lib.read_facts(config, jax.device_count(),
+                                 jax.default_backend(), jax.process_count())
+  return resolve_lib.resolve(mode, config, facts), facts
 
 
 def run(mode: Mode, config: ml_collections.ConfigDict, workdir: str,
@@ -124,14 +189,20 @@ def _run(mode: Mode, config: ml_collections.ConfigDict, workdir: str,
          guard: preemption.PreemptionGuard) -> Dict[str, Any]:
   """The body of `run`, with `guard`'s signal handlers installed."""
   mesh = parallel.make_mesh()
-  config_lib.validate(config, jax.device_count(), jax.process_count())
   # Hosts started with different flags would hang in (or corrupt) collectives.
   distributed.check_config_agreement(config, {"workdir": workdir})
+  config, facts = resolve_config(mode, config)  # validated once, frozen
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # gs:// too
   with workdir_lib.WorkdirLock(workdir):  # one run per workdir
-    _check_data(config)
+    if facts.has_eval:
+      # Image files of the eval split are read first after training: a
+      # corrupt one must fail (or be skipped and counted) before the first
+      # step.
+      from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+      data_lib.check_split_readable(config.data, config.data.eval_split)
     job = mode.build(config, mesh, workdir)
-    checkpointer, start, state = None, 0, job.state
-    if job.total_steps > 0:  # an evaluation-only job has nothing to resume
+    checkpointer, start, state = None, 0, None
+    if isinstance(job, Job):  # an evaluation-only job has nothing to resume
       checkpointer, start, state = ckpt_lib.resume(
           workdir, config.train.keep_checkpoints, job.state,
           config.train.start_over)
@@ -164,8 +235,7 @@ def _resumed(mode: Mode, job: Job, config: ml_collections.ConfigDict,
     if start == 0:
       writer.write_hparams(writer_lib.flat_config(config))
     for ev in job.evaluators:
-      if hasattr(ev, "start"):
-        ev.start(writer, start)
+      ev.start(writer, start)
     logging.info("%s: %d steps, %d devices", job.description or mode.name,
                  job.total_steps, jax.device_count())
     if config.data.source == "synthetic":
@@ -174,7 +244,7 @@ def _resumed(mode: Mode, job: Job, config: ml_collections.ConfigDict,
                       "result on real data")
     state = _train(job, config, state, start, checkpointer, writer, guard)
     results = _evaluate_final(job, config, state, writer, guard)
-    if job.finish is not None:
+    if isinstance(job, Job) and job.finish is not None:
       job.finish(state, results)
     results_lib.write_results(workdir, f"{mode.name}_results", results)
     return results
@@ -190,36 +260,14 @@ def _stored_config(workdir: str) -> Optional[Dict[str, Any]]:
     return None
 
 
-def _check_data(config: ml_collections.ConfigDict) -> None:
-  """The data-dependent config checks, before any model is built.
-
-  Unlabelled data or data without an eval split also turn off, in `config`
-  and with a log line, the evaluations they cannot support.
-  """
-  from simclr_jax import augment_jax  # pylint: disable=g-import-not-at-top
-  from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  augment_jax.choose_input_path(config, jax.default_backend())
-  info = data_lib.dataset_info(config.data)
-  config_data.adapt_to_data(config, info.labelled, info.has_eval)
-  num_eval = (info.num_examples[config.data.eval_split] if info.has_eval
-              else None)
-  num_train = info.num_examples[config.data.train_split]
-  config_data.fit_sizes(config, num_train, num_eval, jax.device_count())
-  config_data.validate_data(config, num_train, num_eval)
-  if info.has_eval:
-    # Image files of the eval split are read first after training: a corrupt
-    # one must fail (or be skipped and counted) before the first step.
-    data_lib.check_split_readable(config.data, config.data.eval_split)
-
-
 def _train(job: Job, config: ml_collections.ConfigDict, state: Any,
            start: int, checkpointer: ckpt_lib.Checkpointer,
            writer: writer_lib.Writer,
            guard: preemption.PreemptionGuard) -> Any:
   """Steps `start + 1 .. total`; returns the final state."""
-  total, tc = job.total_steps, config.train
-  if start >= total:
+  if isinstance(job, EvalJob) or start >= job.total_steps:
     return state
+  total, tc = job.total_steps, config.train
   mesh = parallel.make_mesh()
   batches = job.batches(start)
   pending: List[Tuple[int, Dict[str, Any]]] = []
@@ -285,7 +333,8 @@ def _evaluate(job: Job, state: Any, step: int, writer: writer_lib.Writer,
               ) -> Dict[str, Any]:
   """Runs the evaluators; returns {name: result}."""
   results = {}
-  variables = job.variables(state)
+  variables = (job.variables() if isinstance(job, EvalJob)
+               else job.variables(state))
   for ev in job.evaluators:
     if periodic_only and not ev.periodic:
       continue

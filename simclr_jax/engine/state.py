@@ -12,21 +12,13 @@ from typing import Any, Callable, Dict, Sequence
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import config as config_lib
 from simclr_jax import parallel
 
 AXIS = parallel.AXIS
-# Keys of config.model that describe the architecture (what an export stores).
-MODEL_KEYS = ("depth", "width", "sk_ratio", "stem", "bn_momentum", "bn_epsilon",
-              "head_layers", "head_hidden_dim", "proj_dim", "sup_head_from",
-              "dtype")
-
-
 @flax.struct.dataclass
 class TrainState:
   """Everything a step updates; a pytree of global arrays (replicated).
@@ -63,18 +55,6 @@ class TrainState:
         batch_stats=self.batch_stats if batch_stats is None else batch_stats)
 
 
-def model_config(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The architecture part of `config.model` as a plain dict, stem resolved."""
-  cfg = {k: config.model[k] for k in MODEL_KEYS}
-  for key in ("stage_sizes", "base_widths"):  # optional overrides
-    if config.model.get(key) is not None:
-      cfg[key] = tuple(config.model[key])
-  if config.model.get("proj_head", "nonlinear") != "nonlinear":
-    cfg["proj_head"] = config.model.proj_head  # the head ablation
-  cfg["stem"] = config_lib.resolve_stem(config)
-  return cfg
-
-
 def init_variables(model, image_size: int, seed: int) -> Dict[str, Any]:
   """Initialises model variables on the host (outside any mapped axis)."""
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
@@ -108,17 +88,6 @@ def create_train_state(model, tx: optax.GradientTransformation,
   variables = init_variables(model, image_size, seed)
   return new_state(mesh, variables["params"],
                    variables.get("batch_stats", {}), tx)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy with integer labels, in float32."""
-  logits = logits.astype(jnp.float32)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Fraction of rows whose arg-max is the label."""
-  return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
 def make_step(replica_fn: Callable, mesh, num_replicated: int = 0) -> Callable:

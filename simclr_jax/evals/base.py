@@ -1,18 +1,28 @@
 """The evaluator interface the training loop calls."""
 
-from typing import Any, Dict, Optional, Protocol
+from typing import Any, Dict, Optional, Tuple
 
 
-class Evaluator(Protocol):
+class Evaluator:
   """Something the loop runs on the model's variables.
+
+  Every hook the loop calls is declared here, with a default that does
+  nothing: the loop calls them all, on every evaluator.
 
   Attributes:
     name: key of its results (in the results JSON) and of its TensorBoard
       scalars (`eval/<name>_top1`, ...).
     periodic: also run every `train.eval_every_steps`, not only at the end.
+    sections: the config sections it reads its settings from.
   """
-  name: str
-  periodic: bool
+  name: str = ""
+  periodic: bool = True
+  sections: Tuple[str, ...] = ("eval",)
+
+  def start(self, writer: Any, step: int) -> None:
+    """Called once before the first step of a run (or of a resumed run),
+    on every process; `step` is the step it starts from."""
+    del writer, step
 
   def run(self, variables: Any, step: int, writer: Any = None
           ) -> Optional[Dict[str, Any]]:
@@ -27,6 +37,7 @@ class Evaluator(Protocol):
       A JSON-able result ('top1', 'top5', 'num_examples' for classifiers),
       or None when there is nothing to record.
     """
+    raise NotImplementedError
 
 
 # Result entries that are TensorBoard scalars (classifiers; held-out signals).

@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from simclr_jax import parallel
+from simclr_jax.evals import base as evals_base
 
 AXIS = parallel.AXIS
 
@@ -97,12 +98,14 @@ def head_logits_fn(model) -> Callable[[Any, jax.Array], jax.Array]:
 probe_logits_fn = head_logits_fn  # the online probe is the supervised head
 
 
-class ClassifierEval:
+class ClassifierEval(evals_base.Evaluator):
   """Exact top-1/top-5 of a model's supervised head on the eval split.
 
   Reads `config.data` (the eval split), `config.aug` (evaluation crop) and
   `config.eval.batch_size`.
   """
+
+  sections = ("eval", "data", "aug")  # the config it reads
 
   def __init__(self, name: str, config: ml_collections.ConfigDict, model,
                mesh, periodic: bool = True, variables: Optional[Any] = None):

@@ -24,7 +24,9 @@ from simclr_jax import parallel
 from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax.engine import results as results_lib
 from simclr_jax.engine import state as state_lib
+from simclr_jax.exports import format as export_lib
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
 
 _PROBE_BIAS = "params/sup_head/dense/bias"
 
@@ -61,7 +63,7 @@ def load_checkpoint(workdir: str, step: int = 0
                     f"the workdir holds steps {steps}")
   shapes = checkpointer.item_shapes(step)
   num_classes = int(shapes.get(_PROBE_BIAS, (0,))[0])
-  model_cfg = state_lib.model_config(pre)
+  model_cfg = model_config(pre)
   model = build_model(model_cfg, num_classes=num_classes)
   tx = optim.make_optimizer(pre.optim, optax.constant_schedule(0.0))
 
@@ -115,7 +117,7 @@ def load_export_model(path: str, field: str = "init.export",
     raise config_lib.ConfigError(
         f"config.{field}={path!r} is invalid: no such directory (an export "
         "with meta.json is required)")
-  variables, meta = ckpt_lib.load_export(path)
+  variables, meta = export_lib.load_export(path)
   num_classes = int(meta["num_classes"])
   check_export(variables, meta["model"], num_classes, path)
   model = build_model(meta["model"], num_classes=num_classes,
@@ -150,6 +152,20 @@ def load_teacher(config: ml_collections.ConfigDict
   return model, variables, meta
 
 
+SOURCES = ("export", "checkpoint_dir", "random")  # the fields of `init`
+
+
+def check_one_source(config: ml_collections.ConfigDict, mode: str) -> None:
+  """`config.init` must name exactly one encoder to start from."""
+  sources = [k for k in SOURCES if config.init[k]]
+  if len(sources) != 1:
+    config_lib.fail(
+        "init", {k: config.init[k] for k in SOURCES},
+        f"mode={mode!r} needs exactly one encoder to start from: "
+        "init.export (an export directory), init.checkpoint_dir (a "
+        "pretraining workdir) or init.random=True")
+
+
 def load_encoder(config: ml_collections.ConfigDict
                  ) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
   """The starting weights named by `config.init`.
@@ -180,7 +196,7 @@ def load_encoder(config: ml_collections.ConfigDict
     source = {"kind": "checkpoint", "step": step,
               "path": os.path.abspath(init.checkpoint_dir)}
   elif init.random:
-    model_cfg = state_lib.model_config(config)
+    model_cfg = model_config(config)
     model = build_model(model_cfg, num_classes=0)
     variables = state_lib.init_variables(model, config.data.image_size,
                                          config.seed)

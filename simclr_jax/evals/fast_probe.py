@@ -18,6 +18,7 @@ import optax
 import optax.tree_utils as otu
 
 from simclr_jax import data as data_lib
+from simclr_jax.evals import base as evals_base
 from simclr_jax.evals import knn
 
 Params = Dict[str, jax.Array]
@@ -156,13 +157,14 @@ def fast_probe(config: ml_collections.ConfigDict,
               val_top1={str(k): v for k, v in val_top1.items()}, **info)
 
 
-class FastProbeEval:
+class FastProbeEval(evals_base.Evaluator):
   """The fast probe as an evaluator (by default only at the end).
 
   Reads `config.eval.probe_*` (through `fast_probe`).
   """
 
   name = "linear_probe"
+  sections = ("eval", "data", "aug")  # the config it reads
 
   def __init__(self, config: ml_collections.ConfigDict, features: Any,
                num_classes: int, periodic: bool = False):

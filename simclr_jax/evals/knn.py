@@ -18,8 +18,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax.evals import features as features_lib
 from simclr_jax import parallel
+from simclr_jax.evals import base as evals_base
+from simclr_jax.evals import features as features_lib
 
 AXIS = parallel.AXIS
 
@@ -148,13 +149,14 @@ def knn_eval(config: ml_collections.ConfigDict,
               memory_size=int(len(y_tr)))
 
 
-class KnnEval:
+class KnnEval(evals_base.Evaluator):
   """The kNN monitor as an evaluator: labelled train features as memory.
 
   Reads `config.eval.knn_*` (through `knn_eval`).
   """
 
   name = "knn"
+  sections = ("eval", "data", "aug")  # the config it reads
 
   def __init__(self, config: ml_collections.ConfigDict,
                features: features_lib.SplitFeatures, num_classes: int, mesh,

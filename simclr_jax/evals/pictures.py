@@ -27,8 +27,9 @@ from jax.sharding import PartitionSpec as P
 
 from simclr_jax import config as config_lib
 from simclr_jax import parallel
+from simclr_jax.evals import base as evals_base
 from simclr_jax.evals import features as features_lib
-from simclr_jax.evals import plots
+from simclr_jax.viz import plots
 
 AXIS = parallel.AXIS
 METHODS = ("auto", "tsne", "umap")
@@ -285,7 +286,7 @@ class Pictures:
     if jax.process_index() > 0:
       return {}
     names = ("embedding_map", "similarity_heatmap")
-    from simclr_jax.evals import preview  # pylint: disable=g-import-not-at-top
+    from simclr_jax.data import preview  # pylint: disable=g-import-not-at-top
     paths = {k: preview.save_png(
         os.path.join(self.out_dir, f"{k}_step{step}.png"), out[k])
              for k in names}
@@ -300,7 +301,7 @@ class Pictures:
     return paths
 
 
-class PicturesEval:
+class PicturesEval(evals_base.Evaluator):
   """The pictures as an evaluator: the augmentation grid at the start, the
   embedding map and similarity heatmap at every evaluation and at the end.
 
@@ -309,6 +310,7 @@ class PicturesEval:
 
   name = "pictures"
   periodic = True
+  sections = ("viz", "data", "aug")  # the config it reads
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh,
                workdir: str, labelled: bool = True):
@@ -321,7 +323,7 @@ class PicturesEval:
   def start(self, writer: Any, step: int) -> None:
     """Writes the augmentation grid (TensorBoard step `step`) on process 0."""
     if jax.process_index() == 0:
-      from simclr_jax.evals import preview  # pylint: disable=g-import-not-at-top
+      from simclr_jax.data import preview  # pylint: disable=g-import-not-at-top
       preview.write_preview(self._config, writer,
                             os.path.join(self._out_dir, "augmentations.png"),
                             step)

@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 import ml_collections
 import numpy as np
 
+from simclr_jax.evals import base as evals_base
 from simclr_jax.evals import features as features_lib
 
 
@@ -59,7 +60,7 @@ def heldout_signals(z1: np.ndarray, z2: np.ndarray) -> Dict[str, float]:
           "contrastive_top1": top1, "num_examples": int(n)}
 
 
-class SignalsEval:
+class SignalsEval(evals_base.Evaluator):
   """The held-out signals as a periodic evaluator (reads `config.eval`).
 
   Uses at most `eval.signal_max_images` images of the eval split (for an
@@ -68,6 +69,7 @@ class SignalsEval:
 
   name = "heldout"
   periodic = True
+  sections = ("eval", "data", "aug")  # the config it reads
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh):
     """Compiles nothing yet; the z step is built on first use."""

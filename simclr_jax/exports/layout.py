@@ -16,8 +16,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from simclr_jax import config as config_lib
-from simclr_jax.models import simclr as simclr_lib
 from simclr_jax.models import resnet as resnet_lib
+from simclr_jax.models import simclr as simclr_lib
 
 # The preprocessing of every file written here (the JAX encoder takes NHWC).
 LAYOUT = "NCHW"
@@ -177,27 +177,27 @@ def load_source(workdir: Optional[str], export: Optional[str], step: int = 0
 
   Returns:
     (variables, model_cfg, num_classes, preprocessing, source) where
-    preprocessing is the export convention (`engine.checkpoint`).
+    preprocessing is the export convention (`exports.format`).
   """
   # Imported here: orbax and the loaders are needed only to read a source.
-  from simclr_jax.engine import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from simclr_jax.exports import format as export_lib  # pylint: disable=g-import-not-at-top
   if bool(workdir) == bool(export):
     config_lib.fail("--export", export, "give exactly one of --workdir (a "
                     "pretraining run) and --export (an export directory)")
   if export:
     try:
-      variables, meta = ckpt_lib.load_export(export)
+      variables, meta = export_lib.load_export(export)
     except ValueError as e:
       config_lib.fail("--export", export, str(e))
     return (variables, meta["model"], int(meta["num_classes"]),
-            ckpt_lib.preprocessing(meta),
+            export_lib.preprocessing(meta),
             {"export": os.path.abspath(export), **meta.get("extra", {})})
   from simclr_jax.engine import results as results_lib  # pylint: disable=g-import-not-at-top
   from simclr_jax.evals import encoders  # pylint: disable=g-import-not-at-top
   variables, model_cfg, num_classes, step = encoders.load_checkpoint(
       workdir, step)
   pre = results_lib.read_workdir_config(workdir)
-  prep = ckpt_lib.preprocessing_meta(pre.data.image_size,
+  prep = export_lib.preprocessing_meta(pre.data.image_size,
                                      pre.aug.eval_crop_proportion)
   return (variables, dict(model_cfg), num_classes, prep,
           {"workdir": os.path.abspath(workdir), "step": int(step)})

@@ -257,3 +257,21 @@ def count_params(params: Any) -> int:
     The total element count.
   """
   return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+# Keys of config.model that describe the architecture (what an export stores).
+MODEL_KEYS = ("depth", "width", "sk_ratio", "stem", "bn_momentum", "bn_epsilon",
+              "head_layers", "head_hidden_dim", "proj_dim", "sup_head_from",
+              "dtype")
+
+
+def model_config(config: Any) -> Dict[str, Any]:
+  """The architecture part of `config.model` as a plain dict, stem resolved."""
+  cfg = {k: config.model[k] for k in MODEL_KEYS}
+  for key in ("stage_sizes", "base_widths"):  # optional overrides
+    if config.model.get(key) is not None:
+      cfg[key] = tuple(config.model[key])
+  if config.model.get("proj_head", "nonlinear") != "nonlinear":
+    cfg["proj_head"] = config.model.proj_head  # the head ablation
+  cfg["stem"] = config_lib.resolve_stem(config)
+  return cfg

@@ -27,14 +27,16 @@ import ml_collections
 import optax
 
 from simclr_jax import config as config_lib
+from simclr_jax import losses
 from simclr_jax import optim
 from simclr_jax import parallel
-from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax.engine import loop
 from simclr_jax.engine import state as state_lib
 from simclr_jax.evals import classifier
 from simclr_jax.evals import encoders
+from simclr_jax.exports import format as export_lib
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
 
 AXIS = parallel.AXIS
 
@@ -91,13 +93,13 @@ def distill_replica_step(state: state_lib.TrainState, teacher_vars: Any,
     metrics = {"distill_loss": soft}
     loss = soft
     if distill_cfg.label_weight > 0:
-      hard = state_lib.cross_entropy(logits, labels)
+      hard = losses.cross_entropy(logits, labels)
       metrics["label_loss"] = hard
       loss = loss + distill_cfg.label_weight * hard
-    metrics["teacher_agreement"] = state_lib.accuracy(
+    metrics["teacher_agreement"] = losses.accuracy(
         logits, jnp.argmax(teacher_logits, -1))
     # Monitoring only: the labels reach the loss only through label_weight.
-    metrics["train_acc"] = state_lib.accuracy(logits, labels)
+    metrics["train_acc"] = losses.accuracy(logits, labels)
     return loss, (updates["batch_stats"], dict(metrics, loss=loss))
 
   (_, (batch_stats, metrics)), grads = jax.value_and_grad(
@@ -124,6 +126,18 @@ class Distill(loop.Mode):
 
   name = "distill"
 
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    """The `config.distill` fields."""
+    dc = config.distill
+    if not dc.teacher_export:
+      config_lib.fail("distill.teacher_export", dc.teacher_export, "the "
+                      "export directory of the teacher is required in mode "
+                      f"{self.name!r}")
+    if dc.temperature <= 0:
+      config_lib.fail("distill.temperature", dc.temperature, "must be > 0")
+    if dc.label_weight < 0:
+      config_lib.fail("distill.label_weight", dc.label_weight, "must be >= 0")
+
   def build(self, config: ml_collections.ConfigDict, mesh,
             workdir: str) -> loop.Job:
     """The distillation job; see `engine.loop.Job`."""
@@ -137,7 +151,7 @@ class Distill(loop.Mode):
                       f"{info.num_classes}")
     sched = config_lib.derive_schedule(
         config, info.num_examples[config.data.train_split])
-    model_cfg = state_lib.model_config(config)
+    model_cfg = model_config(config)
     student = build_model(model_cfg, num_classes=num_classes, axis_name=AXIS,
                           sup_stop_gradient=False)
     schedule = optim.make_schedule(sched.peak_lr, sched.total_steps,
@@ -153,12 +167,12 @@ class Distill(loop.Mode):
           variables=teacher_vars))
 
     # The export written at the end must not replace anything not ours.
-    ckpt_lib.check_export_target(os.path.join(workdir, "export"),
+    export_lib.check_export_target(os.path.join(workdir, "export"),
                                  "<workdir>/export")
 
     def finish(state, results):
       del results  # unchanged
-      ckpt_lib.save_export(
+      export_lib.save_export(
           os.path.join(workdir, "export"), parallel.to_host(state.variables),
           model_cfg, num_classes, config.data.image_size,
           extra={"kind": "distilled student", "step": int(sched.total_steps),

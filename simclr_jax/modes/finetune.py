@@ -19,14 +19,16 @@ import ml_collections
 import numpy as np
 
 from simclr_jax import config as config_lib
+from simclr_jax import losses
 from simclr_jax import optim
 from simclr_jax import parallel
-from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax.engine import loop
+from simclr_jax.engine import resolve
 from simclr_jax.engine import state as state_lib
 from simclr_jax.evals import classifier
 from simclr_jax.evals import encoders
 from simclr_jax.evals import features as features_lib
+from simclr_jax.exports import format as export_lib
 from simclr_jax.models import build_model
 
 AXIS = parallel.AXIS
@@ -49,8 +51,8 @@ def replica_step(state: state_lib.TrainState, batch: Dict[str, jax.Array], *,
     out, updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats},
         batch["images"], train=True, mutable=["batch_stats"])
-    loss = state_lib.cross_entropy(out["logits"], batch["labels"])
-    acc = state_lib.accuracy(out["logits"], batch["labels"])
+    loss = losses.cross_entropy(out["logits"], batch["labels"])
+    acc = losses.accuracy(out["logits"], batch["labels"])
     return loss, (updates["batch_stats"], acc)
 
   (loss, (stats, acc)), grads = jax.value_and_grad(
@@ -86,6 +88,19 @@ class Finetune(loop.Mode):
   """Fine-tuning of the encoder named by `config.init` on labelled data."""
 
   name = "finetune"
+  takes_encoder = True
+
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    """One encoder to start from, and a head layer."""
+    encoders.check_one_source(config, self.name)
+    if config.finetune.head_from < 0:
+      config_lib.fail("finetune.head_from", config.finetune.head_from,
+                      "must be >= 0")
+
+  def check_data(self, config: ml_collections.ConfigDict,
+                 facts: resolve.DataFacts) -> None:
+    """Fine-tuning trains on the labelled subset."""
+    resolve.check_batch(config, resolve.labelled_examples(config, facts))
 
   def build(self, config: ml_collections.ConfigDict, mesh,
             workdir: str) -> loop.Job:
@@ -111,14 +126,14 @@ class Finetune(loop.Mode):
                                 variables["batch_stats"], tx)
 
     # The export written at the end must not replace anything not ours.
-    ckpt_lib.check_export_target(os.path.join(workdir, "export"),
+    export_lib.check_export_target(os.path.join(workdir, "export"),
                                  "<workdir>/export")
 
     def finish(state, results):
       results["finetune"].update(steps=int(sched.total_steps),
                                  num_train=int(len(indices)),
                                  head_from=head_from)
-      ckpt_lib.save_export(os.path.join(workdir, "export"),
+      export_lib.save_export(os.path.join(workdir, "export"),
                            parallel.to_host(state.variables), model_cfg,
                            info.num_classes, config.data.image_size,
                            extra={"source": "simclr_jax fine-tuning",

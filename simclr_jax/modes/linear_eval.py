@@ -16,9 +16,11 @@ import ml_collections
 import numpy as np
 
 from simclr_jax import config as config_lib
+from simclr_jax import losses
 from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax.engine import loop
+from simclr_jax.engine import resolve
 from simclr_jax.engine import state as state_lib
 from simclr_jax.evals import classifier
 from simclr_jax.evals import encoders
@@ -29,6 +31,7 @@ from simclr_jax.models import build_model
 from simclr_jax.models import representation_dim
 
 AXIS = parallel.AXIS
+PROTOCOLS = ("linear", "fast_probe", "knn")  # the names of `eval.protocols`
 
 
 def _apply_head(module, h):
@@ -61,8 +64,8 @@ def replica_step(state: state_lib.TrainState, frozen: Any,
   def loss_fn(head):
     logits = model.apply({"params": {"sup_head": head}}, h,
                          method=_apply_head)
-    loss = state_lib.cross_entropy(logits, batch["labels"])
-    return loss, state_lib.accuracy(logits, batch["labels"])
+    loss = losses.cross_entropy(logits, batch["labels"])
+    return loss, losses.accuracy(logits, batch["labels"])
 
   (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, AXIS)
@@ -86,6 +89,33 @@ class LinearEval(loop.Mode):
   """Linear evaluation, fast probe and kNN of one frozen encoder."""
 
   name = "linear_eval"
+  takes_encoder = True
+
+  def rules(self):
+    """The batch, and k of the kNN protocol, fitted to a small dataset."""
+    return (resolve.fit_batch, _fit_knn)
+
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    """The protocols, and one encoder to evaluate (or the raw pixels)."""
+    protocols = tuple(config.eval.protocols)
+    if not protocols or not set(protocols) <= set(PROTOCOLS):
+      config_lib.fail("eval.protocols", protocols,
+                      f"a non-empty subset of {PROTOCOLS}")
+    if config.eval.raw_pixels:
+      if "linear" in protocols:
+        config_lib.fail("eval.protocols", protocols, "the raw-pixel baseline "
+                        "runs 'fast_probe' and 'knn' only (there is no "
+                        "encoder to freeze)")
+      return
+    encoders.check_one_source(config, self.name)
+
+  def check_data(self, config: ml_collections.ConfigDict,
+                 facts: resolve.DataFacts) -> None:
+    """The head trains on (and kNN remembers) the labelled subset."""
+    labelled = resolve.labelled_examples(config, facts)
+    resolve.check_batch(config, labelled)
+    if _uses_knn(config):
+      resolve.check_knn(config, labelled)
 
   def build(self, config: ml_collections.ConfigDict, mesh,
             workdir: str) -> loop.Job:
@@ -116,10 +146,9 @@ class LinearEval(loop.Mode):
       evaluators.append(knn.KnnEval(config, feats, info.num_classes, mesh,
                                     periodic=False))
     if "linear" not in protocols:
-      return loop.Job(state=None, step_fn=None, batches=None, total_steps=0,
-                      images_per_step=0, evaluators=evaluators,
-                      variables=lambda state: frozen, results=results,
-                      description="Linear evaluation (features only)")
+      return loop.EvalJob(evaluators=evaluators, variables=lambda: frozen,
+                          results=results,
+                          description="Linear evaluation (features only)")
     labels = data_lib.load_labels(config.data, config.data.train_split)
     indices = features_lib.labelled_indices(config, labels)
     sched = config_lib.derive_schedule(config, len(indices))
@@ -149,6 +178,17 @@ class LinearEval(loop.Mode):
         finish=finish, results=results,
         description=f"Linear evaluation on {len(indices)} labelled examples "
         f"(lr {sched.peak_lr:.4g})")
+
+
+def _uses_knn(config: ml_collections.ConfigDict) -> bool:
+  return "knn" in tuple(config.eval.protocols)
+
+
+def _fit_knn(config: ml_collections.ConfigDict,
+             facts: resolve.DataFacts) -> resolve.Changes:
+  if not (resolve.fits(config) and _uses_knn(config)):
+    return {}
+  return resolve.lower(config, "eval.knn_k", max(1, facts.num_train))
 
 
 MODE = LinearEval()

@@ -15,14 +15,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from simclr_jax import augment_jax
 from simclr_jax import config as config_lib
-from simclr_jax import config_data
 from simclr_jax import gradcache
 from simclr_jax import losses
 from simclr_jax import optim
 from simclr_jax import parallel
+from simclr_jax.data import augment_jax
 from simclr_jax.engine import loop
+from simclr_jax.engine import resolve
 from simclr_jax.engine import state as state_lib
 from simclr_jax.evals import classifier
 from simclr_jax.evals import fast_probe
@@ -30,6 +30,7 @@ from simclr_jax.evals import features as features_lib
 from simclr_jax.evals import knn
 from simclr_jax.evals import signals
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
 
 AXIS = parallel.AXIS
 TrainState = state_lib.TrainState
@@ -79,9 +80,9 @@ def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
     metrics = dict(metrics, loss=loss)
     if probe:
       view_labels = jnp.repeat(labels, views)
-      probe_loss = state_lib.cross_entropy(outputs["logits"], view_labels)
+      probe_loss = losses.cross_entropy(outputs["logits"], view_labels)
       metrics["probe_loss"] = probe_loss
-      metrics["probe_acc"] = state_lib.accuracy(outputs["logits"],
+      metrics["probe_acc"] = losses.accuracy(outputs["logits"],
                                                 view_labels)
       loss = loss + probe_loss
       metrics["total_loss"] = loss
@@ -146,7 +147,7 @@ def pretrain_replica_step(state: TrainState, batch: Dict[str, jax.Array], *,
     schedule: learning-rate schedule (for logging).
     grad_chunks: gradient-caching chunks per device (1 = off).
     device_aug: `config.aug` to augment the (cropped) views here, on the
-      device (`simclr_jax.augment_jax`); None when the host did it all.
+      device (`simclr_jax.data.augment_jax`); None when the host did it all.
     aug_seed: seed of the on-device augmentation.
 
   Returns:
@@ -186,7 +187,7 @@ def build_pretrain(config: ml_collections.ConfigDict, num_classes: int,
   # Before any compile: chunks must divide the per-device batch.
   gradcache.check_chunks(config.train.global_batch // mesh.size,
                          config.train.get("grad_chunks", 1))
-  model = build_model(state_lib.model_config(config),
+  model = build_model(model_config(config),
                       num_classes=num_classes if config.train.probe else 0,
                       axis_name=AXIS, sup_stop_gradient=True)
   schedule = optim.make_schedule(schedule_info.peak_lr,
@@ -221,7 +222,7 @@ def pretrain_evaluators(config: ml_collections.ConfigDict, model,
     evaluators.append(knn.KnnEval(config, feats, num_classes, mesh))
   if config.eval.final_probe:
     evaluators.append(fast_probe.FastProbeEval(config, feats, num_classes))
-  if config_data.uses_signals(config):
+  if config.eval.signals == "on":
     evaluators.append(signals.SignalsEval(config, model, mesh))
   if config.viz.enabled:
     from simclr_jax.evals import pictures  # pylint: disable=g-import-not-at-top
@@ -234,6 +235,40 @@ class Pretrain(loop.Mode):
   """SimCLR / SupCon pretraining of the configured model from scratch."""
 
   name = "pretrain"
+  needs_labels = False  # unlabelled data gets the held-out signals
+  needs_eval_split = False  # no eval split: no evaluation
+
+  def rules(self):
+    """The input path, the evaluations the data supports, the sizes a
+    small dataset can fill (`data.fit_sizes`)."""
+    return (_input_path, _evaluations_the_data_supports, resolve.fit_batch,
+            _fit_evaluation_sizes)
+
+  def check_data(self, config: ml_collections.ConfigDict,
+                 facts: resolve.DataFacts) -> None:
+    """The batch, kNN memory, held-out pairs and pictures against the data."""
+    resolve.check_batch(config, facts.num_train)
+    num_eval, split = facts.num_eval, config.data.eval_split
+    if config.eval.knn:
+      resolve.check_knn(config, resolve.labelled_examples(config, facts))
+    if config.eval.signals == "on" and num_eval is not None and num_eval < 2:
+      config_lib.fail(
+          "eval.signals", config.eval.signals, f"the eval split {split!r} "
+          f"holds {num_eval} image; the held-out signals compare pairs of "
+          "different images (hold out more, or set 'off')")
+    if not (config.viz.enabled and num_eval):
+      return
+    points = min(int(config.viz.tsne_points), num_eval)
+    if not 0 < float(config.viz.tsne_perplexity) < points:
+      config_lib.fail(
+          "viz.tsne_perplexity", config.viz.tsne_perplexity,
+          f"must be in (0, {points}), the points of the embedding map "
+          f"(viz.tsne_points={config.viz.tsne_points}, {num_eval} examples "
+          f"in {split!r})")
+    for field in ("heatmap_batch", "preview_images"):
+      if int(config.viz[field]) > facts.num_train:
+        config_lib.fail(f"viz.{field}", config.viz[field], "must be <= the "
+                        f"{facts.num_train} training examples")
 
   def build(self, config: ml_collections.ConfigDict, mesh,
             workdir: str) -> loop.Job:
@@ -255,6 +290,61 @@ class Pretrain(loop.Mode):
                                        workdir),
         description=f"Pretraining ({sched.steps_per_epoch} steps per epoch, "
         f"peak lr {sched.peak_lr:.4g})")
+
+
+# What needs labels, and what needs an eval split, in pretraining.
+_LABEL_FIELDS = ("train.probe", "eval.knn", "eval.final_probe")
+_EVAL_FIELDS = _LABEL_FIELDS + ("viz.enabled",)
+
+
+def _input_path(config: ml_collections.ConfigDict,
+                facts: resolve.DataFacts) -> resolve.Changes:
+  """On-device augmentation where the backend and the config ask for it."""
+  return {"aug.on_device": augment_jax.choose_input_path(config,
+                                                         facts.backend)}
+
+
+def _evaluations_the_data_supports(config: ml_collections.ConfigDict,
+                                   facts: resolve.DataFacts
+                                   ) -> resolve.Changes:
+  """Off what the data cannot support; `eval.signals='auto'` decided.
+
+  Without an eval split nothing is evaluated. Unlabelled data (an image
+  folder without class sub-folders) cannot train or score the online probe,
+  kNN monitor or final probe: the held-out signals run instead.
+  """
+  if not facts.has_eval:
+    return dict(resolve.turn_off(config, _EVAL_FIELDS),
+                **{"eval.signals": "off"})
+  if not facts.labelled:
+    return dict(resolve.turn_off(config, _LABEL_FIELDS),
+                **{"eval.signals": "on"})
+  if config.eval.get("signals", "auto") == "auto":
+    return {"eval.signals": "off"}  # labelled data: the classifiers
+  return {}
+
+
+def _fit_evaluation_sizes(config: ml_collections.ConfigDict,
+                          facts: resolve.DataFacts) -> resolve.Changes:
+  """With `data.fit_sizes`: kNN's k, the picture batches and the t-SNE
+  perplexity lowered to what the split sizes allow."""
+  if not resolve.fits(config):
+    return {}
+  changes = {}
+  if config.eval.knn:
+    changes.update(resolve.lower(config, "eval.knn_k",
+                                 max(1, facts.num_train)))
+  if not config.viz.enabled:
+    return changes  # no pictures: nothing else to fit
+  changes.update(resolve.lower(config, "viz.heatmap_batch",
+                               resolve.fitted_train(facts)))
+  changes.update(resolve.lower(config, "viz.preview_images", facts.num_train))
+  if facts.num_eval:
+    points = min(int(config.viz.tsne_points), facts.num_eval)
+    # sklearn's t-SNE needs perplexity < points; a third keeps it stable.
+    changes.update(resolve.lower(config, "viz.tsne_perplexity",
+                                 max(0.5, (points - 1) / 3)))
+  return changes
 
 
 MODE = Pretrain()

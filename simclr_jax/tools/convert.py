@@ -4,7 +4,7 @@ Reads an object-based checkpoint of google-research/simclr `tf2/` (the released
 SimCLR v1/v2 checkpoints, or one written by its `run.py`), infers the
 architecture from the variable names and shapes, fills every leaf of our
 {'params', 'batch_stats'} tree from exactly one checkpoint variable, and
-writes an export readable by `simclr_jax.engine.checkpoint.load_export`.
+writes an export readable by `simclr_jax.exports.format.load_export`.
 
 Every model variable must map to one leaf and every leaf must receive one
 variable of the same shape; anything else fails, naming the variable. Only the
@@ -28,11 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from simclr_jax import config as config_lib
-from simclr_jax.engine import checkpoint
 from simclr_jax.engine import logs
 from simclr_jax.engine import progress
-from simclr_jax.tools import convert_map
+from simclr_jax.exports import format as export_lib
 from simclr_jax.models import build_model, count_params, min_input_size
+from simclr_jax.tools import convert_map
 
 # Input side of the official code: image_size, or <= 32 for the CIFAR stem.
 OFFICIAL_IMAGE_SIZE = {"imagenet": 224, "cifar": 32}
@@ -40,7 +40,7 @@ OFFICIAL_IMAGE_SIZE = {"imagenet": 224, "cifar": 32}
 
 def official_crop(image_size: int) -> float:
   """The official evaluation crop: 0.875 of the shorter side above 32 px."""
-  return checkpoint.OFFICIAL_CROP if image_size > 32 else 1.0
+  return export_lib.OFFICIAL_CROP if image_size > 32 else 1.0
 _MAX_SHOWN = 30
 
 
@@ -219,20 +219,20 @@ def convert_to_export(tf2_checkpoint: str, out: str,
   Returns:
     The export's meta.json.
   """
-  checkpoint.check_export_target(os.path.abspath(out))  # before any work
+  export_lib.check_export_target(os.path.abspath(out))  # before any work
   variables, model_cfg, num_classes = convert_tf2_checkpoint(
       tf2_checkpoint, overrides or {})
   image_size = image_size or OFFICIAL_IMAGE_SIZE[model_cfg["stem"]]
   logging.info("model %s, num_classes=%d, %d parameters (encoder %d)",
                model_cfg, num_classes, count_params(variables["params"]),
                count_params(variables["params"]["encoder"]))
-  checkpoint.save_export(out, variables, model_cfg, num_classes,
+  export_lib.save_export(out, variables, model_cfg, num_classes,
                          image_size, extra={
                              "source": "official SimCLR TF2 checkpoint",
                              "tf2_checkpoint": tf2_checkpoint},
                          crop_proportion=official_crop(image_size))
   logging.info("wrote %s", out)
-  return checkpoint.read_export_meta(out)
+  return export_lib.read_export_meta(out)
 
 
 def main(argv) -> None:

@@ -7,7 +7,7 @@ Every JPEG, PNG, GIF, WebP or BMP file under --images (names ending in
 .jpg .jpeg .png .gif .webp .bmp, any case; recursively, hidden entries
 skipped; other files are named in the log) is embedded exactly once, on every
 local device, with the export's evaluation preprocessing (`simclr_jax.api`),
-from the same pixels training decodes (`simclr_jax.imagefiles`). The .npz
+from the same pixels training decodes (`simclr_jax.data.imagefiles`). The .npz
 holds:
 
   embeddings      float32 [N, D]
@@ -32,7 +32,7 @@ from absl import logging
 
 from simclr_jax import api
 from simclr_jax import config as config_lib
-from simclr_jax import imagefiles
+from simclr_jax.data import imagefiles
 from simclr_jax.engine import logs
 from simclr_jax.exports import embeddings as embeddings_csv
 from simclr_jax.tools import outputs

@@ -17,8 +17,6 @@ from absl import logging
 
 from simclr_jax.engine import logs
 
-EVAL_MODES = ("linear_eval", "finetune")
-
 
 # Config fields the export's recorded preprocessing sets, and its keys.
 _FROM_EXPORT = (("data.image_size", "image_size"),
@@ -27,9 +25,9 @@ _FROM_EXPORT = (("data.image_size", "image_size"),
 
 def _take_preprocessing_from_export(config, export: str, argv) -> None:
   """Sets image size and crop from the export, unless given as flags."""
-  from simclr_jax.engine import checkpoint  # pylint: disable=g-import-not-at-top
+  from simclr_jax.exports import format as export_lib  # pylint: disable=g-import-not-at-top
   try:
-    pre = checkpoint.preprocessing(checkpoint.read_export_meta(export))
+    pre = export_lib.preprocessing(export_lib.read_export_meta(export))
   except (ValueError, OSError):
     return  # not an export: the loader names the problem
   for field, key in _FROM_EXPORT:
@@ -47,12 +45,12 @@ def _check_export(export: str) -> None:
   """Refuses an --export that is not an export, before anything is written."""
   # pylint: disable=g-import-not-at-top
   from simclr_jax import config as config_lib
-  from simclr_jax.engine import checkpoint
+  from simclr_jax.exports import format as export_lib
   # pylint: enable=g-import-not-at-top
   if not os.path.isdir(export):
     config_lib.fail("--export", export, "no such directory")
   try:
-    checkpoint.read_export_meta(export)
+    export_lib.read_export_meta(export)
   except (ValueError, OSError) as e:
     raise config_lib.ConfigError(" ".join(str(e).split())) from e
 
@@ -64,8 +62,7 @@ def main(argv) -> None:
   from simclr_jax import data  # pylint: disable=unused-import  (TF off the GPUs)
   import jax
   from simclr_jax.engine import loop
-  from simclr_jax.modes import MODES
-  from simclr_jax.modes import print_results
+  from simclr_jax import modes
   # pylint: enable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -75,15 +72,15 @@ def main(argv) -> None:
   with config.unlocked():
     config.init.export = fv.export
   _take_preprocessing_from_export(config, fv.export, sys.argv)
-  if config.mode not in EVAL_MODES:
-    config_lib.fail("mode", config.mode, f"allowed values here are "
-                    f"{EVAL_MODES}")
-  config_lib.validate(config)
+  mode = modes.get(config.mode)
+  if not mode.takes_encoder:
+    allowed = tuple(n for n, m in modes.MODES.items() if m.takes_encoder)
+    config_lib.fail("mode", config.mode, f"allowed values here are {allowed}")
   workdir = fv.workdir or fv.export.rstrip("/") + "_eval"
-  results = loop.run(MODES[config.mode], config, workdir)
+  results = loop.run(mode, config, workdir)
   if jax.process_index() == 0:
-    print_results(results, config.data.eval_split)
-    print(f"results: {os.path.join(workdir, config.mode + '_results.json')}")
+    modes.print_results(results, config.data.eval_split)
+    print(f"results: {os.path.join(workdir, mode.name + '_results.json')}")
 
 
 def cli() -> None:

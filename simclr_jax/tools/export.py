@@ -3,7 +3,7 @@
   python -m simclr_jax.export --workdir=runs/digits --out=runs/digits_export
 
 writes parameters and BatchNorm statistics (orbax), the model config as JSON
-and the image convention (see `engine.checkpoint.save_export`). The official
+and the image convention (see `exports.format.save_export`). The official
 TF2 converter (`python -m simclr_jax.convert`) writes the same format, so
 every evaluation runs on either.
 """
@@ -16,10 +16,10 @@ from absl import flags
 from absl import logging
 
 from simclr_jax import config as config_lib
-from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax.engine import logs
 from simclr_jax.engine import results as results_lib
 from simclr_jax.evals import encoders
+from simclr_jax.exports import format as export_lib
 from simclr_jax.exports import writers
 
 
@@ -42,17 +42,17 @@ def export_workdir(workdir: str, out: str, step: int = 0) -> Dict[str, Any]:
   if step < 0:
     config_lib.fail("--step", step, "an integer >= 0 is required (0 = the "
                     "newest checkpoint)")
-  ckpt_lib.check_export_target(os.path.abspath(out))  # before any work
+  export_lib.check_export_target(os.path.abspath(out))  # before any work
   variables, model_cfg, num_classes, step = encoders.load_checkpoint(workdir,
                                                                      step)
   pre = results_lib.read_workdir_config(workdir)
-  ckpt_lib.save_export(out, variables, model_cfg, num_classes,
+  export_lib.save_export(out, variables, model_cfg, num_classes,
                        pre.data.image_size, extra={
                            "source": "simclr_jax pretraining",
                            "workdir": os.path.abspath(workdir), "step": step,
                            "dataset": pre.data.name or pre.data.source},
                        crop_proportion=pre.aug.eval_crop_proportion)
-  return ckpt_lib.read_export_meta(out)
+  return export_lib.read_export_meta(out)
 
 
 def main(argv) -> None:

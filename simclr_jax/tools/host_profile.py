@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
-from simclr_jax import imagefiles
+from simclr_jax.data import imagefiles
 
 # (name, configured probability of the op: aug field or None for always).
 STAGES: Tuple[Tuple[str, Any], ...] = (

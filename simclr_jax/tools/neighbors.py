@@ -23,7 +23,7 @@ from absl import app
 from absl import flags
 
 from simclr_jax import config as config_lib
-from simclr_jax import imagefiles
+from simclr_jax.data import imagefiles
 from simclr_jax.engine import logs
 from simclr_jax.tools import outputs
 
@@ -173,7 +173,7 @@ def write_neighbours(emb: Dict[str, Any], query: str, k: int, out: str,
   Returns:
     [(rank, relative path, cosine)] of the neighbours, nearest first.
   """
-  from simclr_jax.evals import plots  # pylint: disable=g-import-not-at-top
+  from simclr_jax.viz import plots  # pylint: disable=g-import-not-at-top
   check_outputs(out)
   vector, caption, query_file = query_vector(emb, query)
   idx, cos = nearest(emb["embeddings"], vector, k)

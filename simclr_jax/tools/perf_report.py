@@ -14,11 +14,12 @@ from jax.sharding import PartitionSpec as P
 
 from simclr_jax import config as config_lib
 from simclr_jax import gradcache
+from simclr_jax import losses
 from simclr_jax import parallel
-from simclr_jax.engine import state as state_lib
-from simclr_jax.modes import pretrain
 from simclr_jax.models import build_model
+from simclr_jax.models import model_config
 from simclr_jax.models.simclr import DTYPES
+from simclr_jax.modes import pretrain
 
 AXIS = parallel.AXIS
 MIB = 2.0 ** 20
@@ -111,7 +112,7 @@ def print_flops(config, step_fn, state, batch, images_per_sec: float,
   flops = compiled_flops(step_fn, state, batch) * devices
   dtype = DTYPES[config.model.dtype]
   peak = matmul_flops_per_sec(dtype) * devices
-  model = build_model(state_lib.model_config(config),
+  model = build_model(model_config(config),
                       num_classes=0, axis_name=AXIS)
   mean_fn = mean_loss_step(model, parallel.make_mesh())
   params = {k: v for k, v in state.params.items() if k != "sup_head"}
@@ -237,7 +238,7 @@ def encoder_temp_bytes(config, mesh, global_batch: int, chunks: int) -> float:
     XLA's `temp_size_in_bytes` (nothing is run).
   """
   state, _ = _pretrain_state_and_step(config, mesh, global_batch, 1)
-  model = build_model(state_lib.model_config(config), num_classes=0,
+  model = build_model(model_config(config), num_classes=0,
                       axis_name=AXIS)
   fn = mean_loss_step(model, mesh, chunks)
   params = {k: v for k, v in state.params.items() if k != "sup_head"}

@@ -7,8 +7,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from simclr_jax.data import preview
 from simclr_jax.engine import logs
-from simclr_jax.evals import preview
 
 
 def main(argv) -> None:

@@ -47,7 +47,7 @@ def run_on_saved(config: ml_collections.ConfigDict, out_dir: str,
     config: the configuration naming the dataset, augmentations and `viz`
       (for an export, the input size is taken from the export).
     out_dir: directory for the PNGs and the TensorBoard events.
-    export_dir: a `simclr_jax.engine.checkpoint.save_export` directory, or ''.
+    export_dir: a `simclr_jax.exports.format.save_export` directory, or ''.
     workdir: a pretraining run directory (used when `export_dir` is '').
 
   Returns:

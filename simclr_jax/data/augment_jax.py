@@ -242,35 +242,34 @@ def augment_batch(key: jax.Array, images: jax.Array,
 
 
 def choose_input_path(config: Any, backend: str) -> bool:
-  """Turns on-device augmentation on for accelerators when the config asks.
+  """Whether the augmentation runs on the device, on this backend.
 
   With `aug.on_device_on_accelerators` (the accelerator recipes set it) a
-  pretraining run on a GPU or TPU backend uses `aug.on_device`: the host only
-  decodes, crops and resizes (the fastest host path, tested equal to the
-  reference crops), and flip, colour, grayscale and blur run in the train
-  step (tested against the reference's statistics). On a CPU backend the
-  host path stays as configured: there the device is the host. The choice
-  is logged either way.
+  run on a GPU or TPU backend uses `aug.on_device`: the host only decodes,
+  crops and resizes (the fastest host path, tested equal to the reference
+  crops), and flip, colour, grayscale and blur run in the train step (tested
+  against the reference's statistics). On a CPU backend the host path stays
+  as configured: there the device is the host. The choice is logged either
+  way; the config is not changed (the pretraining mode's rule sets
+  `aug.on_device` from this when it resolves the config).
 
   Args:
-    config: the full configuration, changed in place.
+    config: the full configuration.
     backend: `jax.default_backend()` ('cpu', 'gpu', 'tpu', ...).
 
   Returns:
-    Whether on-device augmentation is on.
+    Whether on-device augmentation is to be on.
   """
   from absl import logging  # pylint: disable=g-import-not-at-top
   aug = config.aug
-  if config.mode != "pretrain" or not aug.get("on_device_on_accelerators",
-                                              False):
+  if not aug.get("on_device_on_accelerators", False):
     return bool(aug.get("on_device", False))
   if backend != "cpu":
-    aug.on_device = True
     logging.info("Input path: %s backend, so the host crops and the train "
                  "step does flip, colour, grayscale and blur (aug.on_device="
                  "True, from aug.on_device_on_accelerators)", backend)
-  else:
-    logging.info("Input path: CPU backend, so the whole augmentation stays "
-                 "in tf.data (aug.on_device=%s, data.fast_jpeg=%s)",
-                 aug.on_device, config.data.get("fast_jpeg", False))
+    return True
+  logging.info("Input path: CPU backend, so the whole augmentation stays "
+               "in tf.data (aug.on_device=%s, data.fast_jpeg=%s)",
+               aug.on_device, config.data.get("fast_jpeg", False))
   return bool(aug.on_device)
