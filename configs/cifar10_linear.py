@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the CIFAR-10 linear-eval config."""
   config = cifar10.get_config()
   config.mode = "linear_eval"
-  config.eval.protocols = ("linear", "knn")
+  config.eval.evaluators = ("classifier", "knn")
   config.optim.name = "sgd"
   config.optim.base_lr = 0.1
   config.optim.lr_scaling = "linear"

@@ -129,18 +129,20 @@ def get_config() -> ml_collections.ConfigDict:
   distill.teacher_export = ""  # mode distill: export dir of the frozen teacher (needs a classifier head)
   distill.temperature = 1.0  # softening temperature of the teacher and student distributions
   distill.label_weight = 0.0  # weight of the labelled cross-entropy added (0 = unlabelled only)
-  distill.eval_teacher = True  # also evaluate the teacher on the eval split (the reference accuracy)
 
   config.eval = ev = ml_collections.ConfigDict()
+  # The evaluators of the run, one vocabulary for every mode: classifier (the
+  # mode's trained head: online probe, linear head, fine-tuned model, student),
+  # teacher (distill), knn, fast_probe, signals (held-out, no labels needed),
+  # pictures (viz.*). ("auto",) = the mode's defaults: pretrain classifier, knn,
+  # pictures (signals instead on unlabelled data); linear_eval classifier,
+  # fast_probe, knn; finetune classifier; distill classifier, teacher.
+  ev.evaluators = ("auto",)
   ev.batch_size = 256  # global batch of the evaluation passes
   ev.knn_k = 200  # kNN monitor: neighbours
   ev.knn_temperature = 0.1  # kNN monitor: similarity temperature
   ev.knn_query_chunk = 256  # kNN: queries scored against the memory bank at once
-  ev.knn = True  # pretraining: kNN monitor every eval period and at the end
-  ev.final_probe = False  # pretraining: fast probe on frozen features at the end
-  ev.signals = "auto"  # pretraining: held-out contrastive top-1, alignment, uniformity: auto (unlabelled data) | on | off
   ev.signal_max_images = 1024  # held-out signals: images (pairs) used at most
-  ev.protocols = ("linear", "fast_probe", "knn")  # linear_eval mode: what to run
   ev.label_fraction = 1.0  # linear_eval/finetune: labelled fraction of train, in (0, 1]
   ev.label_seed = 0  # seed of the class-balanced labelled subset
   ev.raw_pixels = False  # fast probe / kNN on flattened pixels instead of h
@@ -167,7 +169,6 @@ def get_config() -> ml_collections.ConfigDict:
   dist.heartbeat_timeout_s = 100  # a silent process is declared dead after this
   dist.log_all_processes = False  # INFO logs from every process, not only process 0
   config.viz = viz = ml_collections.ConfigDict()
-  viz.enabled = True  # augmentation grid at the start, embedding map + heatmap at each eval
   viz.preview_images = 8  # rows (source images) of the augmentation preview grid
   viz.preview_views = 6  # augmented views per row of the preview
   viz.preview_tile_px = 64  # preview tiles are upscaled (nearest) to at least this side

@@ -40,7 +40,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 50
   config.eval.batch_size = 256
   config.eval.knn_k = 20  # 200 of 1,437 memory rows would be 14% of the bank
-  config.eval.final_probe = True  # end by printing the linear-probe accuracy
+  # The online probe, kNN and pictures, and at the end the fast (linear) probe.
+  config.eval.evaluators = ("classifier", "knn", "fast_probe", "pictures")
 
   if arg == "tiny":
     config.data.image_size = 16
@@ -52,8 +53,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.train.log_every_steps = 2
     config.train.checkpoint_every_steps = 2
     config.optim.warmup_epochs = 0
-    config.viz.enabled = False  # seconds-long runs: skip t-SNE and heatmaps
-    config.eval.final_probe = False  # and the L-BFGS probe (kNN still runs)
+    # Seconds-long runs: no t-SNE, heatmaps or L-BFGS probe (kNN still runs).
+    config.eval.evaluators = ("classifier", "knn")
   elif arg:
     raise ValueError(f"configs/digits.py: unknown variant {arg!r}; allowed: '', 'tiny'")
   return config

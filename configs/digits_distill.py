@@ -25,6 +25,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                      "allowed: '', 'small', 'tiny'")
   config = digits.get_config("tiny" if arg == "tiny" else "")
   config.mode = "distill"
+  config.eval.evaluators = ("auto",)  # the student, and the teacher
   config.distill.teacher_export = "runs/digits_supcon_teacher"
   config.distill.temperature = 1.0  # SimCLR v2 found tau = 1 best
   config.distill.label_weight = 0.0  # unlabelled: the teacher is the only signal

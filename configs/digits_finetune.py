@@ -13,6 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the digits fine-tuning config."""
   config = digits.get_config()
   config.mode = "finetune"
+  config.eval.evaluators = ("auto",)  # the fine-tuned classifier
   config.finetune.head_from = 1  # keep the first projection-head layer (v2)
   config.eval.label_fraction = 0.1  # seeded, class-balanced labelled subset
   config.optim.name = "lars"

@@ -20,7 +20,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the digits linear-eval config; arg is '', 'random' or 'pixels'."""
   config = digits.get_config()
   config.mode = "linear_eval"
-  config.eval.protocols = ("linear", "fast_probe", "knn")
+  config.eval.evaluators = ("classifier", "fast_probe", "knn")  # the linear head
   # Linear head: SGD + Nesterov, lr 0.1 x B/256, no weight decay (CIFAR-size).
   config.optim.name = "sgd"
   config.optim.base_lr = 0.1
@@ -38,7 +38,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.init.random = True
   elif arg == "pixels":
     config.eval.raw_pixels = True
-    config.eval.protocols = ("fast_probe", "knn")
+    config.eval.evaluators = ("fast_probe", "knn")
   elif arg:
     raise ValueError(f"configs/digits_linear.py: unknown variant {arg!r}; "
                      "allowed: '', 'random', 'pixels'")

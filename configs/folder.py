@@ -70,7 +70,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.train.cpu_variant = "configs/folder.py:cpu"
   config.eval.batch_size = 64
   config.eval.knn_k = 20
-  config.eval.signals = "auto"  # held-out signals when there are no labels
   config.viz.tsne_points = 1000
 
   if arg == "tiny":

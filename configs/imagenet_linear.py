@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the ImageNet linear-eval config."""
   config = imagenet.get_config()
   config.mode = "linear_eval"
-  config.eval.protocols = ("linear",)  # kNN/fast probe: too large for host memory
+  config.eval.evaluators = ("classifier",)  # kNN/fast probe: too large for host memory
   config.optim.name = "sgd"
   config.optim.base_lr = 0.1
   config.optim.lr_scaling = "linear"

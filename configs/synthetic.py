@@ -18,7 +18,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """Returns the synthetic config: '' = ResNet-50/224/bf16, 'tiny' = tests."""
   config = default.get_config()
   config.data.source = "synthetic"
-  config.viz.enabled = False  # the pictures read image files
+  # No pictures (they read image files) and no kNN (10,000 eval images at
+  # 224 px per evaluation).
+  config.eval.evaluators = ("classifier",)
 
   config.data.image_size = 224
   config.data.synthetic_num_classes = 1000  # ImageNet's label space
@@ -37,7 +39,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.train.steps = 1000
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 1000
-  config.eval.knn = False  # 10,000 eval images at 224 px per evaluation
   config.eval.batch_size = 256
 
   if arg == "tiny":
@@ -59,7 +60,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.train.steps = 4
     config.train.log_every_steps = 2
     config.train.checkpoint_every_steps = 2
-    config.eval.knn = True
+    config.eval.evaluators = ("classifier", "knn")
     config.eval.knn_k = 5
     config.eval.batch_size = 16
   elif arg:

@@ -21,6 +21,13 @@ DTYPES = ("float32", "bfloat16")
 PROJ_HEADS = ("nonlinear", "linear", "none")
 # aug on/off switches, one per op (SimCLR Figure 5).
 AUG_SWITCHES = ("crop", "flip", "color_jitter", "grayscale", "blur")
+# Fields replaced by eval.evaluators, and the names to use there instead.
+REPLACED_FIELDS = {
+    "eval.knn": "'knn'", "eval.final_probe": "'fast_probe'",
+    "eval.signals": "'signals'", "viz.enabled": "'pictures'",
+    "eval.protocols": "'classifier' (was 'linear'), 'fast_probe', 'knn'",
+    "distill.eval_teacher": "'teacher'",
+}
 # Total downsampling of the encoder; the last stage must keep >= 1 pixel.
 _STEM_DOWNSAMPLE = {"cifar": 8, "imagenet": 32}
 
@@ -82,6 +89,7 @@ def validate(config: ml_collections.ConfigDict,
     num_devices: global device count; when given, batch divisibility is checked.
     num_processes: number of processes (hosts) sharing the run.
   """
+  _check_replaced_fields(config)
   _check_finite_numbers(config)
   _check_label_fractions(config)
   _check_in(config, "data.source", SOURCES)
@@ -150,6 +158,15 @@ def validate(config: ml_collections.ConfigDict,
     if config.eval.batch_size % num_devices:
       _fail("eval.batch_size", config.eval.batch_size,
             f"must be divisible by the number of devices ({num_devices})")
+
+
+def _check_replaced_fields(config: ml_collections.ConfigDict) -> None:
+  """A field that `eval.evaluators` replaced: one line naming it."""
+  for field, names in REPLACED_FIELDS.items():
+    section, name = field.split(".")
+    if section in config and name in config[section]:
+      _fail(field, config[section][name], "replaced by eval.evaluators: name "
+            f"{names} there")
 
 
 def _validate_durations(config: ml_collections.ConfigDict) -> None:
@@ -234,8 +251,6 @@ def _validate_eval(config: ml_collections.ConfigDict) -> None:
     _fail("eval.label_fraction", ev.label_fraction, "must be in (0, 1]")
   if ev.knn_k < 1:
     _fail("eval.knn_k", ev.knn_k, "must be >= 1")
-  if ev.get("signals", "auto") not in SIGNALS:
-    _fail("eval.signals", ev.signals, f"allowed {SIGNALS}")
   if int(ev.get("signal_max_images", 2)) < 2:
     _fail("eval.signal_max_images", ev.signal_max_images, "must be >= 2 "
           "(pairs of different images)")
@@ -261,13 +276,8 @@ def _validate_synthetic(config: ml_collections.ConfigDict) -> None:
           f"must be <= data.image_size={data.image_size}")
   if data.synthetic_noise < 0:
     _fail("data.synthetic_noise", data.synthetic_noise, "must be >= 0")
-  if config.viz.enabled:
-    # The augmentation preview and embedding map read image files.
-    _fail("viz.enabled", True, "the pictures need a file or TFDS source; "
-          "set viz.enabled=False with data.source='synthetic'")
 
 
-SIGNALS = ("auto", "on", "off")
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   """Step counts and learning rate derived from a config and a dataset size."""

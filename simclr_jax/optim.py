@@ -8,7 +8,7 @@ of its loss (`model.add_weight_decay`); `optim.decay_sup_head` does the same.
 """
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -83,6 +83,17 @@ def make_schedule(peak_lr: float, total_steps: int,
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak_lr, warmup_steps=warmup_steps,
       decay_steps=total_steps, end_value=0.0)
+
+
+def schedule_and_optimizer(optim_cfg: ml_collections.ConfigDict, sched: Any,
+                           mask: Optional[Callable[[Any], Any]] = None
+                           ) -> Tuple[optax.Schedule,
+                                      optax.GradientTransformation]:
+  """The learning-rate schedule of `sched` (a `config.Schedule`) and the
+  configured optimizer following it; `mask` as in `make_optimizer`."""
+  schedule = make_schedule(sched.peak_lr, sched.total_steps,
+                           sched.warmup_steps)
+  return schedule, make_optimizer(optim_cfg, schedule, mask)
 
 
 def make_optimizer(optim_cfg: ml_collections.ConfigDict,

@@ -187,10 +187,13 @@ def test_closest_field_knows_synonyms_and_typos():
     (["--config.train.steps=abc"],
      "--config.train.steps='abc' is invalid: an integer is required (the "
      "config has 4)"),
-    (["--config.viz.enabled=maybe"],
-     "--config.viz.enabled='maybe' is invalid: True or False is required "
+    (["--config.aug.blur=maybe"],
+     "--config.aug.blur='maybe' is invalid: True or False is required "
      "(the config has False)"),
-], ids=["unknown-field", "wrong-type", "wrong-type-bool"])
+    (["--config.eval.knn=False"],
+     "--config.eval.knn: no such field; replaced by --config.eval.evaluators "
+     "(name 'knn' there)"),
+], ids=["unknown-field", "wrong-type", "wrong-type-bool", "replaced-field"])
 def test_parse_names_the_field(argv, line):
   from simclr_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   with pytest.raises(config_lib.ConfigError) as e:
@@ -202,8 +205,8 @@ def test_parse_names_the_field(argv, line):
 @pytest.mark.quick
 def test_parse_applies_good_overrides():
   rest, fv = _parse([f"--config={cli.REPO}/configs/digits.py:tiny",
-                     "--config.train.steps=7", "--noconfig.viz.enabled",
+                     "--config.train.steps=7", "--noconfig.aug.flip",
                      "--workdir", "w", "positional"])
   assert rest == ["prog", "positional"]
-  assert fv.config.train.steps == 7 and not fv.config.viz.enabled
+  assert fv.config.train.steps == 7 and not fv.config.aug.flip
   assert fv.workdir == "w"

@@ -65,7 +65,7 @@ def mode_config(mode, sources, steps=STEPS):
   elif mode == "linear_eval":
     config = digits_linear.get_config()
     config.init.checkpoint_dir = sources["pretrain"]
-    config.eval.protocols = ("linear", "knn")
+    config.eval.evaluators = ("classifier", "knn")
   elif mode == "finetune":
     config = digits_finetune.get_config()
     config.init.checkpoint_dir = sources["pretrain"]
@@ -237,6 +237,10 @@ class _SlowDevice(loop.Mode):
 
   def __init__(self, mode, signal_at):
     self.name, self._mode, self._at = mode.name, mode, signal_at
+    # The wrapped mode's rules, data needs and evaluators.
+    for attr in ("needs_labels", "needs_eval_split", "evaluators",
+                 "default_evaluators", "rules", "validate", "check_data"):
+      setattr(self, attr, getattr(mode, attr))
     self.outputs = []  # (step, metrics) in dispatch order
     self.running_at_signal = None
 
@@ -377,7 +381,7 @@ def _cli_args(mode, sources, workdir, steps):
   else:
     args.append(f"--config.init.checkpoint_dir={sources['pretrain']}")
   if mode == "linear_eval":
-    args.append("--config.eval.protocols=('linear',)")
+    args.append("--config.eval.evaluators=('classifier',)")
   return args
 
 
@@ -433,7 +437,8 @@ def test_cli_sigterm_exits_75_and_kill9_resumes(sources, tmp_path, mode):
 
 @pytest.mark.parametrize("overrides,field", [
     # The embedding map of a small eval split: 360 points, perplexity 500.
-    (["--config.viz.enabled=True", "--config.viz.tsne_perplexity=500"],
+    (["--config.eval.evaluators=('classifier','knn','pictures')",
+      "--config.viz.tsne_perplexity=500"],
      "viz.tsne_perplexity=500.0"),
     (["--config.eval.knn_k=5000"], "eval.knn_k=5000"),
     (["--config.train.global_batch=2048"], "train.global_batch=2048"),

@@ -81,7 +81,7 @@ def test_label_fraction_is_class_balanced_and_seeded(fraction):
 @pytest.mark.parametrize("field,value,match", [
     ("eval.label_fraction", 0.0, "eval.label_fraction=0.0"),
     ("eval.label_fraction", 1.5, "eval.label_fraction=1.5"),
-    ("eval.protocols", ("linear", "svm"), "eval.protocols"),
+    ("eval.evaluators", ("classifier", "svm"), "eval.evaluators"),
     ("eval.knn_k", 0, "eval.knn_k=0"),
 ])
 def test_bad_eval_fields_are_rejected(field, value, match):
@@ -105,6 +105,6 @@ def test_linear_eval_and_finetune_need_exactly_one_encoder():
   modes.validate(digits_linear.get_config("random"))
   modes.validate(digits_linear.get_config("pixels"))
   config = digits_linear.get_config("pixels")
-  config.eval.protocols = ("linear", "knn")
+  config.eval.evaluators = ("classifier", "knn")
   with pytest.raises(ValueError, match="raw-pixel baseline"):
     modes.validate(config)

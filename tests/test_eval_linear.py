@@ -44,7 +44,7 @@ def test_linear_eval_leaves_encoder_params_and_bn_stats_bit_identical(
   config.train.steps = 3
   config.train.global_batch = 32
   config.eval.batch_size = 64
-  config.eval.protocols = ("linear",)
+  config.eval.evaluators = ("classifier",)
   config.optim.base_lr = 4.0  # large steps: the head must visibly move
   variables, _, source = encoders.load_encoder(config)
   assert source == {"kind": "checkpoint", "step": 4, "path": workdir}
@@ -75,7 +75,7 @@ def test_linear_eval_resumes_from_its_head_checkpoint(workdir, tmp_path):
   config.init.checkpoint_dir = workdir
   config.train.global_batch = 32
   config.eval.batch_size = 64
-  config.eval.protocols = ("linear",)
+  config.eval.evaluators = ("classifier",)
   config.train.steps = 4
   config.train.checkpoint_every_steps = 2
   lin = str(tmp_path / "lin")

@@ -24,7 +24,7 @@ def test_pretraining_logs_knn_and_probe_and_writes_config(tmp_path):
   config.train.steps = 4
   config.train.eval_every_steps = 2
   config.train.checkpoint_every_steps = 4
-  config.eval.final_probe = True  # the tiny variant turns it off
+  config.eval.evaluators = ("classifier", "knn", "fast_probe")  # + the probe
   config.eval.probe_max_iters = 20
   workdir = str(tmp_path / "run")
   results = pretrain.run(config, workdir)

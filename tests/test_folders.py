@@ -115,8 +115,7 @@ def test_no_holdout_means_no_eval_split_and_evaluations_off(tmp_path, caplog):
   with caplog.at_level(py_logging.INFO):
     config, _ = loop.resolve_config(modes.get("pretrain"), config)
   assert "resolved: train.probe True -> False" in caplog.text
-  assert not (config.train.probe or config.eval.knn or config.viz.enabled)
-  assert config.eval.signals == "off"
+  assert not config.train.probe and config.eval.evaluators == ()
   # A mode that needs an eval split says so before anything is built.
   facts = resolve.DataFacts(num_train=20, num_eval=None, labelled=False)
   with pytest.raises(config_lib.ConfigError, match="needs labelled data"):
@@ -131,9 +130,10 @@ def test_unlabelled_pretraining_turns_label_evals_off(tmp_path, caplog):
   config.train.global_batch = 64  # more than the 18 training images
   with caplog.at_level(py_logging.INFO):
     config, _ = loop.resolve_config(modes.get("pretrain"), config)
-  assert not (config.train.probe or config.eval.knn)
-  assert config.eval.signals == "on" and config.viz.enabled
-  assert "resolved: eval.knn True -> False" in caplog.text
+  assert not config.train.probe
+  assert config.eval.evaluators == ("signals", "pictures")
+  assert ("resolved: eval.evaluators ('classifier', 'knn', 'pictures') -> "
+          "('signals', 'pictures')") in caplog.text
   # data.fit_sizes: the batch fits the data and the device count.
   assert config.train.global_batch == 16
   assert "resolved: train.global_batch 64 -> 16" in caplog.text

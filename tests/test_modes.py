@@ -2,10 +2,11 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import ml_collections
 import pytest
-from absl import flags
 
 from simclr_jax import modes
 from simclr_jax.engine import loop
@@ -13,27 +14,40 @@ from simclr_jax.engine import resolve
 from simclr_jax.evals import base as evals_base
 
 
-class _Count(evals_base.Evaluator):
-  """An evaluator that counts the examples of the train split it was told."""
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# main with one more line in the registry, in its own interpreter (other
+# modules define the same --config flag).
+_MAIN_WITH_TOY = """
+from simclr_jax.engine import logs
+logs.quiet_native_logs()
+from simclr_jax import main, modes
+import test_modes
+modes.MODES["toy"] = test_modes.Toy()  # the one registry line
+logs.run_app(main.main)
+"""
 
-  name = "count"
+
+class _Report(evals_base.Evaluator):
+  """An evaluator that reports what its mode was built with."""
+
+  name = "report"
   periodic = False
 
-  def __init__(self, num_train: int):
-    self.num_train = num_train
+  def __init__(self, **facts):
+    self.facts = facts
 
   def run(self, variables, step, writer=None):
     del variables, writer
-    return {"num_examples": self.num_train, "step": step}
+    return dict(self.facts, step=step)
 
 
 class Toy(loop.Mode):
-  """Evaluates nothing but the data's size; lowers eval.knn_k by a rule."""
+  """Trains nothing; lowers eval.knn_k by a rule and reports its config."""
 
   name = "toy"
   needs_labels = False
   needs_eval_split = False
-  built_with = None
+  evaluators = default_evaluators = ()  # none of the registry's
 
   def rules(self):
     return (lambda config, facts: resolve.lower(config, "eval.knn_k", 3),)
@@ -44,35 +58,59 @@ class Toy(loop.Mode):
 
   def build(self, config, mesh, workdir):
     del mesh, workdir
-    Toy.built_with = config
-    return loop.EvalJob(evaluators=[_Count(1437)], variables=lambda: None)
+    frozen = isinstance(config, ml_collections.FrozenConfigDict)
+    return loop.EvalJob(
+        evaluators=[_Report(frozen=frozen, knn_k=config.eval.knn_k)],
+        variables=lambda: None)
 
 
-def test_a_registered_mode_runs_through_main(tmp_path, monkeypatch, capsys):
-  from simclr_jax import main  # pylint: disable=g-import-not-at-top
-  monkeypatch.setitem(modes.MODES, "toy", Toy())  # the one registry line
+def test_a_registered_mode_runs_through_main(tmp_path):
   workdir = str(tmp_path / "run")
   config_file = tmp_path / "toy.py"
   config_file.write_text(
       "from configs import digits\n\n\ndef get_config():\n"
       "  config = digits.get_config('tiny')\n  config.mode = 'toy'\n"
+      "  config.eval.evaluators = ('auto',)\n"
       "  return config\n")
-  fv = flags.FLAGS
-  fv(["main", f"--config={config_file}", f"--workdir={workdir}"])
-  try:
-    main.main(["main"])
-  finally:
-    fv.unparse_flags()
-  assert isinstance(Toy.built_with, ml_collections.FrozenConfigDict)
-  assert Toy.built_with.eval.knn_k == 3
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [REPO, os.path.join(REPO, "tests"), os.environ.get("PYTHONPATH", "")]),
+             XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+  proc = subprocess.run(
+      [sys.executable, "-c", _MAIN_WITH_TOY, f"--config={config_file}",
+       f"--workdir={workdir}"], cwd=REPO, env=env, capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resolved: eval.knn_k 20 -> 3" in proc.stderr
   with open(os.path.join(workdir, "toy_results.json")) as f:
     results = json.load(f)
-  assert results["count"] == {"num_examples": 1437, "step": 0}
+  assert results["report"] == {"frozen": True, "knn_k": 3, "step": 0}
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["eval"]["knn_k"] == 3  # the resolved config
-  capsys.readouterr()
 
 
 def test_an_unknown_mode_is_one_config_error():
   with pytest.raises(ValueError, match="config.mode='nope' is invalid"):
     modes.get("nope")
+
+
+def test_every_mode_names_evaluators_of_the_one_vocabulary():
+  from simclr_jax.evals import registry  # pylint: disable=g-import-not-at-top
+  for mode in modes.MODES.values():
+    assert set(mode.default_evaluators) <= set(mode.evaluators), mode.name
+    assert set(mode.evaluators) <= set(registry.NAMES), mode.name
+
+
+@pytest.mark.parametrize("field,value", [
+    ("eval.knn", False), ("eval.protocols", ("linear",)),
+    ("viz.enabled", False), ("distill.eval_teacher", True)])
+def test_a_replaced_field_is_one_line_naming_eval_evaluators(field, value):
+  from configs import digits  # pylint: disable=g-import-not-at-top
+  config = digits.get_config("tiny")
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError) as e:
+    modes.validate(config)
+  assert str(e.value).startswith(f"config.{field}=")
+  assert "replaced by eval.evaluators" in str(e.value)
+  assert "\n" not in str(e.value)

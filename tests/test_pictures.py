@@ -53,7 +53,7 @@ def _config():
   # two views of an image together.
   config.aug.color_prob = 0.0
   config.aug.crop_area_min = 0.5
-  config.viz.enabled = True  # the tiny debug variant turns pictures off
+  config.eval.evaluators = ("knn", "pictures")  # tiny has no pictures
   config.viz.tsne_points = 200
   config.viz.figure_px = 400
   return config

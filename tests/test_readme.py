@@ -218,7 +218,7 @@ def test_own_images_quick_start_runs_tiny(tmp_path):
     tokens = [t.replace("configs/folder.py:cpu", "configs/folder.py:tiny")
               for t in tokens]
     if "simclr_jax.main" in tokens:
-      tokens += ["--config.train.steps=2", "--config.viz.enabled=False",
+      tokens += ["--config.train.steps=2", "--config.eval.evaluators=('classifier','knn')",
                  "--config.eval.signal_max_images=32"]
     proc = subprocess.run([sys.executable] + tokens[1:], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)

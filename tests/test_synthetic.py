@@ -16,6 +16,7 @@ import pytest
 from configs import synthetic as synthetic_config
 from simclr_jax import config as config_lib
 from simclr_jax import data as data_lib
+from simclr_jax import modes
 from simclr_jax import parallel
 from simclr_jax.data import synthetic
 
@@ -145,14 +146,14 @@ def test_supervised_batches_draw_from_the_labelled_subset():
     ("data.synthetic_train_examples", 0, "a positive integer"),
     ("data.synthetic_grid", 32, "must be <= data.image_size=16"),
     ("data.synthetic_noise", -0.1, "must be >= 0"),
-    ("viz.enabled", True, "set viz.enabled=False"),
+    ("eval.evaluators", ("classifier", "pictures"), "leave 'pictures' out"),
 ])
 def test_bad_values_fail_in_one_line(field, value, needle):
   config = _cfg()
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(config)
+    modes.validate(config)  # the shared checks and the mode's
   message = str(e.value)
   assert message.startswith(f"config.{field}=") and needle in message
   assert "\n" not in message

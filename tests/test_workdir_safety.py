@@ -450,7 +450,7 @@ def test_fields_added_since_a_workdir_was_made_are_not_changes():
   from simclr_jax.engine import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = digits.get_config("tiny")
   stored = config.to_dict()
-  del stored["eval"]["signals"]  # as written before the field existed
+  del stored["eval"]["evaluators"]  # as written before the field existed
   assert workdir_lib.changed_fields(stored, config) == []
   config.loss.temperature = 0.3  # a real change still counts
   assert workdir_lib.changed_fields(stored, config) == [
@@ -503,7 +503,8 @@ def test_a_file_put_inside_while_exporting_is_kept_aside(tmp_path,
     with open(os.path.join(path, "variables", "late.txt"), "w") as f:
       f.write("mine")
 
-  monkeypatch.setattr(ckpt_lib, "check_export_target", check_then_user_writes)
+  monkeypatch.setattr(export_lib, "check_export_target",
+                      check_then_user_writes)
   export_lib.save_export(out, variables, {"depth": 18}, 0, 32)
   assert export_lib.read_export_meta(out)["image_size"] == 32
   assert export_lib.is_export(out)

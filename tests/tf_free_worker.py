@@ -137,7 +137,7 @@ def step_linear_eval(ctx) -> None:
   config = _config()
   config.mode = "linear_eval"
   config.init.checkpoint_dir = ctx["workdir"]
-  config.eval.protocols = ("linear", "fast_probe", "knn")
+  config.eval.evaluators = ("classifier", "fast_probe", "knn")
   config.optim.name = "sgd"
   config.optim.weight_decay = 0.0
   config.train.steps = 2

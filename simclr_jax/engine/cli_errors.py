@@ -153,6 +153,9 @@ def _check_configs(argv: Sequence[str], flag_values: flags.FlagValues
       except KeyError:
         near = closest_field(path, fields)
         hint = f"; did you mean --{name}.{near}?" if near else ""
+        if path in config_lib.REPLACED_FIELDS:
+          hint = (f"; replaced by --{name}.eval.evaluators (name "
+                  f"{config_lib.REPLACED_FIELDS[path]} there)")
         raise config_lib.ConfigError(  # pylint: disable=raise-missing-from
             f"--{name}.{path}: no such field{hint}")
 

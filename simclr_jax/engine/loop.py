@@ -115,12 +115,16 @@ class Mode(abc.ABC):
     needs_eval_split: refuse data without an eval split.
     takes_encoder: the mode evaluates or trains an existing encoder named by
       `config.init` (the `evaluate` command runs these).
+    evaluators: the evaluator names (`evals.registry.NAMES`) it can run.
+    default_evaluators: what `eval.evaluators=("auto",)` resolves to.
   """
 
   name: str = ""
   needs_labels: bool = True
   needs_eval_split: bool = True
   takes_encoder: bool = False
+  evaluators: Tuple[str, ...] = ("classifier",)
+  default_evaluators: Tuple[str, ...] = ("classifier",)
 
   def rules(self) -> Sequence[resolve_lib.Rule]:
     """(config, facts) -> changed fields, applied in order when resolving.

@@ -19,6 +19,7 @@ from absl import logging
 
 from simclr_jax import config as config_lib
 from simclr_jax.config import fail
+from simclr_jax.evals import registry as evals_registry
 
 Changes = Dict[str, Any]  # dotted field -> its new value
 Rule = Callable[[ml_collections.ConfigDict, "DataFacts"], Changes]
@@ -78,6 +79,9 @@ def resolve(mode: Any, config: ml_collections.ConfigDict, facts: DataFacts
   """
   _check_data_needs(mode, config, facts)
   resolved = config.copy_and_resolve_references()
+  # The mode's defaults first, then its rules.
+  apply_changes(resolved, evals_registry.resolve_auto(
+      resolved, mode.default_evaluators))
   for rule in mode.rules():
     apply_changes(resolved, rule(resolved, facts))
   validate(mode, resolved, facts.num_devices, facts.num_processes)
@@ -90,6 +94,7 @@ def validate(mode: Any, config: ml_collections.ConfigDict,
              num_devices: Optional[int] = None,
              num_processes: int = 1) -> None:
   """The shared field checks, the model's, then the mode's own."""
+  evals_registry.check_names(config, mode.evaluators, mode.name)
   config_lib.validate(config, num_devices, num_processes)
   # The models import `config`, so `config.validate` cannot call them.
   from simclr_jax.models import simclr as simclr_model  # pylint: disable=g-import-not-at-top

@@ -43,7 +43,9 @@ FREE_ON_RESUME = ("train.log_every_steps", "train.checkpoint_every_steps",
                   "train.keep_checkpoints", "train.eval_every_steps",
                   "train.start_over", "train.allow_config_change",
                   "data.data_dir", "data.cache", "data.shuffle_buffer",
-                  "eval.", "viz.", "distributed.")
+                  "eval.", "viz.", "distributed.",
+                  # Replaced by eval.evaluators; old workdirs still resume.
+                  "distill.eval_teacher")
 
 
 class WorkdirLocked(RuntimeError):

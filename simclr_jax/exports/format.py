@@ -15,7 +15,7 @@ sub-folder), is refused, never deleted.
 import json
 import os
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -112,6 +112,29 @@ def save_export(out_dir: str, variables: Dict[str, Any],
                         "write; moved to %s", out_dir,
                         export_files.describe_foreign(kept), aside)
   multihost_utils.sync_global_devices("simclr_jax.export.done")
+
+
+def exporter(out_dir: str, model_config: Dict[str, Any], num_classes: int,
+             image_size: int, crop_proportion: float,
+             field: str = "<workdir>/export"
+             ) -> Callable[[Dict[str, Any], Dict[str, Any]], None]:
+  """Checks now that `out_dir` may be written; returns what writes it later.
+
+  For a mode that leaves an export at the end of its run: a path holding
+  anything not ours fails before the first step, not after the last.
+
+  Returns:
+    write(variables, extra): `save_export` of the variables (any arrays)
+    with the given model, classes and preprocessing, and `extra` metadata.
+  """
+  check_export_target(out_dir, field)
+
+  def write(variables: Dict[str, Any], extra: Dict[str, Any]) -> None:
+    save_export(out_dir, variables, model_config, num_classes,
+                image_size, extra=extra, field=field,
+                crop_proportion=crop_proportion)
+
+  return write
 
 
 def preprocessing_meta(image_size: int, crop_proportion: float

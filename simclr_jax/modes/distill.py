@@ -32,8 +32,8 @@ from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax.engine import loop
 from simclr_jax.engine import state as state_lib
-from simclr_jax.evals import classifier
 from simclr_jax.evals import encoders
+from simclr_jax.evals import registry as evals_registry
 from simclr_jax.exports import format as export_lib
 from simclr_jax.models import build_model
 from simclr_jax.models import model_config
@@ -125,6 +125,9 @@ class Distill(loop.Mode):
   """Distillation of `distill.teacher_export` into the configured student."""
 
   name = "distill"
+  # The student, and the teacher as the reference accuracy.
+  evaluators = ("classifier", "teacher")
+  default_evaluators = evaluators
 
   def validate(self, config: ml_collections.ConfigDict) -> None:
     """The `config.distill` fields."""
@@ -154,30 +157,24 @@ class Distill(loop.Mode):
     model_cfg = model_config(config)
     student = build_model(model_cfg, num_classes=num_classes, axis_name=AXIS,
                           sup_stop_gradient=False)
-    schedule = optim.make_schedule(sched.peak_lr, sched.total_steps,
-                                   sched.warmup_steps)
-    tx = optim.make_optimizer(config.optim, schedule)
+    schedule, tx = optim.schedule_and_optimizer(config.optim, sched)
     state = state_lib.create_train_state(student, tx, config.data.image_size,
                                          config.seed, mesh)
     teacher_vars = parallel.replicate(mesh, teacher_host)
-    evaluators = [classifier.ClassifierEval("student", config, student, mesh)]
-    if config.distill.eval_teacher:
-      evaluators.append(classifier.ClassifierEval(
-          "teacher", config, teacher, mesh, periodic=False,
-          variables=teacher_vars))
+    evaluators = evals_registry.build(evals_registry.Context(
+        config, mesh, model=student, classifier_key="student",
+        teacher=(teacher, teacher_vars)))
 
-    # The export written at the end must not replace anything not ours.
-    export_lib.check_export_target(os.path.join(workdir, "export"),
-                                 "<workdir>/export")
+    write_export = export_lib.exporter(
+        os.path.join(workdir, "export"), model_cfg, num_classes,
+        config.data.image_size, config.aug.eval_crop_proportion)
 
     def finish(state, results):
       del results  # unchanged
-      export_lib.save_export(
-          os.path.join(workdir, "export"), parallel.to_host(state.variables),
-          model_cfg, num_classes, config.data.image_size,
-          extra={"kind": "distilled student", "step": int(sched.total_steps),
-                 "teacher_export": config.distill.teacher_export},
-          crop_proportion=config.aug.eval_crop_proportion)
+      write_export(parallel.to_host(state.variables),
+                   {"kind": "distilled student",
+                    "step": int(sched.total_steps),
+                    "teacher_export": config.distill.teacher_export})
 
     return loop.Job(
         state=state,

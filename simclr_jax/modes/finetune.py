@@ -25,9 +25,9 @@ from simclr_jax import parallel
 from simclr_jax.engine import loop
 from simclr_jax.engine import resolve
 from simclr_jax.engine import state as state_lib
-from simclr_jax.evals import classifier
 from simclr_jax.evals import encoders
 from simclr_jax.evals import features as features_lib
+from simclr_jax.evals import registry as evals_registry
 from simclr_jax.exports import format as export_lib
 from simclr_jax.models import build_model
 
@@ -118,28 +118,22 @@ class Finetune(loop.Mode):
     labels = data_lib.load_labels(config.data, config.data.train_split)
     indices = features_lib.labelled_indices(config, labels)
     sched = config_lib.derive_schedule(config, len(indices))
-    schedule = optim.make_schedule(sched.peak_lr, sched.total_steps,
-                                   sched.warmup_steps)
-    tx = optim.make_optimizer(config.optim, schedule)
+    _, tx = optim.schedule_and_optimizer(config.optim, sched)
     variables = initial_variables(model, host_vars, config.data.image_size)
     state = state_lib.new_state(mesh, variables["params"],
                                 variables["batch_stats"], tx)
 
-    # The export written at the end must not replace anything not ours.
-    export_lib.check_export_target(os.path.join(workdir, "export"),
-                                 "<workdir>/export")
+    write_export = export_lib.exporter(
+        os.path.join(workdir, "export"), model_cfg, info.num_classes,
+        config.data.image_size, config.aug.eval_crop_proportion)
 
     def finish(state, results):
       results["finetune"].update(steps=int(sched.total_steps),
                                  num_train=int(len(indices)),
                                  head_from=head_from)
-      export_lib.save_export(os.path.join(workdir, "export"),
-                           parallel.to_host(state.variables), model_cfg,
-                           info.num_classes, config.data.image_size,
-                           extra={"source": "simclr_jax fine-tuning",
-                                  "init": source,
-                                  "step": int(sched.total_steps)},
-                           crop_proportion=config.aug.eval_crop_proportion)
+      write_export(parallel.to_host(state.variables),
+                   {"source": "simclr_jax fine-tuning", "init": source,
+                    "step": int(sched.total_steps)})
 
     return loop.Job(
         state=state, step_fn=state_lib.make_step(
@@ -149,8 +143,8 @@ class Finetune(loop.Mode):
             start_step=start, indices=indices),
         total_steps=sched.total_steps,
         images_per_step=config.train.global_batch,
-        evaluators=[classifier.ClassifierEval("finetune", config, model,
-                                              mesh)],
+        evaluators=evals_registry.build(evals_registry.Context(
+            config, mesh, model=model, classifier_key="finetune")),
         finish=finish,
         results={"source": source, "step": source.get("step"),
                  "label_fraction": float(config.eval.label_fraction)},

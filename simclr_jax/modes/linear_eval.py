@@ -5,11 +5,12 @@ never an output, it runs in inference mode (BatchNorm moving averages, no
 update), and only a zero-initialised linear head on h is trained, with
 random crop + flip, SGD with Nesterov momentum and lr = base_lr x batch / 256.
 The fast probe and the kNN classifier on the same encoder are evaluators
-(`eval.protocols`). Results go to `<workdir>/linear_eval_results.json`.
+(`eval.evaluators`: 'classifier' is the linear head). Results go to
+`<workdir>/linear_eval_results.json`.
 """
 
 import functools
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Tuple, Union
 
 import jax
 import ml_collections
@@ -22,16 +23,13 @@ from simclr_jax import parallel
 from simclr_jax.engine import loop
 from simclr_jax.engine import resolve
 from simclr_jax.engine import state as state_lib
-from simclr_jax.evals import classifier
 from simclr_jax.evals import encoders
-from simclr_jax.evals import fast_probe
 from simclr_jax.evals import features as features_lib
-from simclr_jax.evals import knn
+from simclr_jax.evals import registry as evals_registry
 from simclr_jax.models import build_model
 from simclr_jax.models import representation_dim
 
 AXIS = parallel.AXIS
-PROTOCOLS = ("linear", "fast_probe", "knn")  # the names of `eval.protocols`
 
 
 def _apply_head(module, h):
@@ -90,20 +88,24 @@ class LinearEval(loop.Mode):
 
   name = "linear_eval"
   takes_encoder = True
+  # 'classifier' trains and scores the linear head; kNN and the fast probe
+  # score the frozen encoder's features.
+  evaluators = ("classifier", "fast_probe", "knn")
+  default_evaluators = evaluators
 
   def rules(self):
     """The batch, and k of the kNN protocol, fitted to a small dataset."""
     return (resolve.fit_batch, _fit_knn)
 
   def validate(self, config: ml_collections.ConfigDict) -> None:
-    """The protocols, and one encoder to evaluate (or the raw pixels)."""
-    protocols = tuple(config.eval.protocols)
-    if not protocols or not set(protocols) <= set(PROTOCOLS):
-      config_lib.fail("eval.protocols", protocols,
-                      f"a non-empty subset of {PROTOCOLS}")
+    """Something to run, and one encoder to evaluate (or the raw pixels)."""
+    names = evals_registry.names(config)
+    if not names:
+      config_lib.fail("eval.evaluators", names, "name at least one of "
+                      f"{self.evaluators}")
     if config.eval.raw_pixels:
-      if "linear" in protocols:
-        config_lib.fail("eval.protocols", protocols, "the raw-pixel baseline "
+      if "classifier" in names:
+        config_lib.fail("eval.evaluators", names, "the raw-pixel baseline "
                         "runs 'fast_probe' and 'knn' only (there is no "
                         "encoder to freeze)")
       return
@@ -118,15 +120,14 @@ class LinearEval(loop.Mode):
       resolve.check_knn(config, labelled)
 
   def build(self, config: ml_collections.ConfigDict, mesh,
-            workdir: str) -> loop.Job:
-    """The job: train the head when 'linear' is asked for, then evaluate."""
+            workdir: str) -> Union[loop.Job, loop.EvalJob]:
+    """The job: train the head when 'classifier' is named, then evaluate."""
     del workdir  # the loop owns the workdir
     from simclr_jax import data as data_lib  # pylint: disable=g-import-not-at-top
     info = data_lib.dataset_info(config.data)
-    protocols = tuple(config.eval.protocols)
     results = {"label_fraction": float(config.eval.label_fraction)}
     if config.eval.raw_pixels:
-      feature_fn, frozen = features_lib.pixel_feature_fn, {}
+      model, feature_fn, frozen = None, features_lib.pixel_feature_fn, {}
       results["source"] = {"kind": "raw_pixels", "step": 0}
     else:
       host_vars, model_cfg, results["source"] = encoders.load_encoder(config)
@@ -137,29 +138,20 @@ class LinearEval(loop.Mode):
           "params": host_vars["params"],
           "batch_stats": host_vars["batch_stats"]})
     results["step"] = results["source"].get("step")
-    feats = features_lib.SplitFeatures(config, feature_fn, mesh)
-    evaluators = []
-    if "fast_probe" in protocols:
-      evaluators.append(fast_probe.FastProbeEval(config, feats,
-                                                 info.num_classes))
-    if "knn" in protocols:
-      evaluators.append(knn.KnnEval(config, feats, info.num_classes, mesh,
-                                    periodic=False))
-    if "linear" not in protocols:
+    evaluators = evals_registry.build(evals_registry.Context(
+        config, mesh, num_classes=info.num_classes, model=model,
+        classifier_key="linear", feature_fn=feature_fn, frozen_encoder=True))
+    if "classifier" not in evals_registry.names(config):
       return loop.EvalJob(evaluators=evaluators, variables=lambda: frozen,
                           results=results,
                           description="Linear evaluation (features only)")
     labels = data_lib.load_labels(config.data, config.data.train_split)
     indices = features_lib.labelled_indices(config, labels)
     sched = config_lib.derive_schedule(config, len(indices))
-    schedule = optim.make_schedule(sched.peak_lr, sched.total_steps,
-                                   sched.warmup_steps)
-    tx = optim.make_optimizer(config.optim, schedule, mask=_head_mask)
+    _, tx = optim.schedule_and_optimizer(config.optim, sched, _head_mask)
     state = state_lib.new_state(
         mesh, zero_head(representation_dim(model_cfg), info.num_classes), {},
         tx)
-    evaluators.append(classifier.ClassifierEval("linear", config, model, mesh))
-
     def finish(state, results):
       del state  # the head is scored by the 'linear' evaluator
       results["linear"].update(steps=int(sched.total_steps),
@@ -181,7 +173,7 @@ class LinearEval(loop.Mode):
 
 
 def _uses_knn(config: ml_collections.ConfigDict) -> bool:
-  return "knn" in tuple(config.eval.protocols)
+  return "knn" in evals_registry.names(config)
 
 
 def _fit_knn(config: ml_collections.ConfigDict,

@@ -3,8 +3,9 @@
 The step is written for one replica with named-axis collectives (global
 BatchNorm, the loss's all_gather, pmean of gradients and metrics) and mapped
 over the one-axis mesh by `engine.state.make_step`. The online linear probe
-(a head on stop_gradient(h)), the kNN monitor, the fast probe and the
-pictures are evaluators of the one loop.
+(a head on stop_gradient(h)), the kNN monitor, the fast probe, the held-out
+signals and the pictures are evaluators of the one loop
+(`eval.evaluators`).
 """
 
 import functools
@@ -24,11 +25,8 @@ from simclr_jax.data import augment_jax
 from simclr_jax.engine import loop
 from simclr_jax.engine import resolve
 from simclr_jax.engine import state as state_lib
-from simclr_jax.evals import classifier
-from simclr_jax.evals import fast_probe
 from simclr_jax.evals import features as features_lib
-from simclr_jax.evals import knn
-from simclr_jax.evals import signals
+from simclr_jax.evals import registry as evals_registry
 from simclr_jax.models import build_model
 from simclr_jax.models import model_config
 
@@ -190,10 +188,7 @@ def build_pretrain(config: ml_collections.ConfigDict, num_classes: int,
   model = build_model(model_config(config),
                       num_classes=num_classes if config.train.probe else 0,
                       axis_name=AXIS, sup_stop_gradient=True)
-  schedule = optim.make_schedule(schedule_info.peak_lr,
-                                 schedule_info.total_steps,
-                                 schedule_info.warmup_steps)
-  tx = optim.make_optimizer(config.optim, schedule)
+  schedule, tx = optim.schedule_and_optimizer(config.optim, schedule_info)
   state = state_lib.create_train_state(model, tx, config.data.image_size,
                                        config.seed, mesh)
   step_fn = make_pretrain_step(
@@ -204,39 +199,15 @@ def build_pretrain(config: ml_collections.ConfigDict, num_classes: int,
   return model, tx, schedule, state, step_fn
 
 
-def pretrain_evaluators(config: ml_collections.ConfigDict, model,
-                        num_classes: int, mesh, workdir: str):
-  """The evaluators of pretraining, in the order they report.
-
-  The online probe (`train.probe`), the kNN monitor (`eval.knn`) and the
-  held-out signals (`eval.signals`) at every evaluation; the fast probe at
-  the end (`eval.final_probe`); the pictures (`viz.enabled`) at every
-  evaluation, coloured by class when the data has labels.
-  """
-  evaluators = []
-  if config.train.probe:
-    evaluators.append(classifier.ClassifierEval("probe", config, model, mesh))
-  feats = features_lib.SplitFeatures(
-      config, features_lib.encoder_feature_fn(model), mesh)
-  if config.eval.knn:
-    evaluators.append(knn.KnnEval(config, feats, num_classes, mesh))
-  if config.eval.final_probe:
-    evaluators.append(fast_probe.FastProbeEval(config, feats, num_classes))
-  if config.eval.signals == "on":
-    evaluators.append(signals.SignalsEval(config, model, mesh))
-  if config.viz.enabled:
-    from simclr_jax.evals import pictures  # pylint: disable=g-import-not-at-top
-    evaluators.append(pictures.PicturesEval(config, model, mesh, workdir,
-                                            labelled=num_classes > 0))
-  return evaluators
-
-
 class Pretrain(loop.Mode):
   """SimCLR / SupCon pretraining of the configured model from scratch."""
 
   name = "pretrain"
   needs_labels = False  # unlabelled data gets the held-out signals
   needs_eval_split = False  # no eval split: no evaluation
+  evaluators = ("classifier", "knn", "fast_probe", "signals", "pictures")
+  # The online probe, the kNN monitor and the pictures at every evaluation.
+  default_evaluators = ("classifier", "knn", "pictures")
 
   def rules(self):
     """The input path, the evaluations the data supports, the sizes a
@@ -244,19 +215,28 @@ class Pretrain(loop.Mode):
     return (_input_path, _evaluations_the_data_supports, resolve.fit_batch,
             _fit_evaluation_sizes)
 
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    """The pictures read image files."""
+    if ("pictures" in evals_registry.names(config) and
+        config.data.source == "synthetic"):
+      config_lib.fail("eval.evaluators", evals_registry.names(config),
+                      "the pictures need a file or TFDS source; leave "
+                      "'pictures' out with data.source='synthetic'")
+
   def check_data(self, config: ml_collections.ConfigDict,
                  facts: resolve.DataFacts) -> None:
     """The batch, kNN memory, held-out pairs and pictures against the data."""
     resolve.check_batch(config, facts.num_train)
     num_eval, split = facts.num_eval, config.data.eval_split
-    if config.eval.knn:
+    names = evals_registry.names(config)
+    if "knn" in names:
       resolve.check_knn(config, resolve.labelled_examples(config, facts))
-    if config.eval.signals == "on" and num_eval is not None and num_eval < 2:
+    if "signals" in names and num_eval is not None and num_eval < 2:
       config_lib.fail(
-          "eval.signals", config.eval.signals, f"the eval split {split!r} "
-          f"holds {num_eval} image; the held-out signals compare pairs of "
-          "different images (hold out more, or set 'off')")
-    if not (config.viz.enabled and num_eval):
+          "eval.evaluators", names, f"the eval split {split!r} holds "
+          f"{num_eval} image; the held-out signals compare pairs of "
+          "different images (hold out more, or leave 'signals' out)")
+    if not ("pictures" in names and num_eval):
       return
     points = min(int(config.viz.tsne_points), num_eval)
     if not 0 < float(config.viz.tsne_perplexity) < points:
@@ -286,15 +266,16 @@ class Pretrain(loop.Mode):
             start_step=start),
         total_steps=sched.total_steps,
         images_per_step=config.train.global_batch,
-        evaluators=pretrain_evaluators(config, model, info.num_classes, mesh,
-                                       workdir),
+        evaluators=evals_registry.build(evals_registry.Context(
+            config, mesh, workdir, info.num_classes, model=model,
+            classifier_key="probe",
+            feature_fn=features_lib.encoder_feature_fn(model))),
         description=f"Pretraining ({sched.steps_per_epoch} steps per epoch, "
         f"peak lr {sched.peak_lr:.4g})")
 
 
-# What needs labels, and what needs an eval split, in pretraining.
-_LABEL_FIELDS = ("train.probe", "eval.knn", "eval.final_probe")
-_EVAL_FIELDS = _LABEL_FIELDS + ("viz.enabled",)
+# The evaluators that need labels.
+_NEED_LABELS = ("classifier", "knn", "fast_probe")
 
 
 def _input_path(config: ml_collections.ConfigDict,
@@ -307,20 +288,24 @@ def _input_path(config: ml_collections.ConfigDict,
 def _evaluations_the_data_supports(config: ml_collections.ConfigDict,
                                    facts: resolve.DataFacts
                                    ) -> resolve.Changes:
-  """Off what the data cannot support; `eval.signals='auto'` decided.
+  """What the data cannot support, left out.
 
   Without an eval split nothing is evaluated. Unlabelled data (an image
   folder without class sub-folders) cannot train or score the online probe,
-  kNN monitor or final probe: the held-out signals run instead.
+  kNN monitor or fast probe: the held-out signals run instead. Without
+  `train.probe` there is no online probe to score.
   """
   if not facts.has_eval:
-    return dict(resolve.turn_off(config, _EVAL_FIELDS),
-                **{"eval.signals": "off"})
+    return dict(resolve.turn_off(config, ["train.probe"]),
+                **{"eval.evaluators": ()})
   if not facts.labelled:
-    return dict(resolve.turn_off(config, _LABEL_FIELDS),
-                **{"eval.signals": "on"})
-  if config.eval.get("signals", "auto") == "auto":
-    return {"eval.signals": "off"}  # labelled data: the classifiers
+    kept = [n for n in evals_registry.names(config) if n not in _NEED_LABELS]
+    names = tuple(n for n in evals_registry.NAMES
+                  if n in kept or n == "signals")
+    return dict(resolve.turn_off(config, ["train.probe"]),
+                **{"eval.evaluators": names})
+  if not config.train.probe:
+    return evals_registry.without(config, ["classifier"])
   return {}
 
 
@@ -331,10 +316,11 @@ def _fit_evaluation_sizes(config: ml_collections.ConfigDict,
   if not resolve.fits(config):
     return {}
   changes = {}
-  if config.eval.knn:
+  names = evals_registry.names(config)
+  if "knn" in names:
     changes.update(resolve.lower(config, "eval.knn_k",
                                  max(1, facts.num_train)))
-  if not config.viz.enabled:
+  if "pictures" not in names:
     return changes  # no pictures: nothing else to fit
   changes.update(resolve.lower(config, "viz.heatmap_batch",
                                resolve.fitted_train(facts)))

@@ -183,8 +183,6 @@ def time_train_step(config, steps: int, warmup: int):
   from simclr_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from simclr_jax.modes import pretrain  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
-  if config.data.source == "synthetic":
-    config.viz.enabled = False  # nothing is drawn here
   config_lib.validate(config, jax.device_count(), jax.process_count())
   batch = config.train.global_batch
   sched = config_lib.Schedule(steps_per_epoch=1, total_steps=10 ** 6,
