@@ -23,6 +23,7 @@ from simclr_jax.engine import checkpoint as ckpt_lib
 from simclr_jax import config as config_lib
 from simclr_jax.engine import preemption
 from simclr_jax.engine import writer as writer_lib
+from simclr_jax import modes
 from simclr_jax.modes import pretrain
 
 STEPS = 20
@@ -252,7 +253,8 @@ def test_bad_config_messages(field, value, needle):
   config = _config()
   _set(config, field, value)
   with pytest.raises(ValueError) as err:
-    config_lib.validate(config, num_devices=8)
+    # The shared checks, the model's and the mode's (an unknown mode too).
+    modes.validate(config, num_devices=8)
   assert needle in str(err.value)
 
 
