@@ -277,16 +277,17 @@ def test_label_fraction_outside_unit_interval(value):
 def test_modes_from_an_encoder_need_a_start(mode):
   config = _config()
   config.mode = mode
+  config.eval.evaluators = ("auto",)  # the mode's own
   with pytest.raises(ValueError, match=rf"config\.init=.* is invalid: "
                      rf"mode='{mode}' needs exactly one encoder"):
-    config_lib.validate(config, num_devices=8)
+    modes.validate(config, num_devices=8)
   config.init.export = "/some/export"
-  config_lib.validate(config, num_devices=8)
+  modes.validate(config, num_devices=8)
   config.init.export, config.init.checkpoint_dir = "", "/some/workdir"
-  config_lib.validate(config, num_devices=8)
+  modes.validate(config, num_devices=8)
   config.init.export = "/some/export"  # two sources: ambiguous
   with pytest.raises(ValueError, match="exactly one encoder"):
-    config_lib.validate(config, num_devices=8)
+    modes.validate(config, num_devices=8)
 
 
 @pytest.mark.quick

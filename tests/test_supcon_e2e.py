@@ -123,7 +123,7 @@ def test_cli_pretrains_supcon_with_four_views(supcon_run):
   # in float64 NumPy. Training-mode BatchNorm over all 128 views on one
   # device is the global BatchNorm of the 2-device run.
   config = digits_supcon.get_config("tiny")
-  model = build_model(state_lib.model_config(config), num_classes=10)
+  model = build_model(model_config(config), num_classes=10)
   variables = state_lib.init_variables(model, config.data.image_size,
                                        config.seed)
   batch = next(data_lib.make_pretrain_iterator(
