@@ -76,10 +76,16 @@ def _import_blocked(modules):
   assert "LOADED []" in out, out[-3000:]
 
 
+# The PyTorch module written beside --format=torch weights: a file for the
+# user's torch environment (it imports torch), not a module the library runs.
+TORCH_TEMPLATE = "simclr_jax.exports.simclr_jax_resnet"
+
+
 @pytest.mark.quick
 def test_library_modules_import_without_tensorflow():
   modules = [m for m in _package_modules()
-             if m not in TF_MODULES and m not in FLAG_MODULES]
+             if m not in TF_MODULES and m not in FLAG_MODULES
+             and m != TORCH_TEMPLATE]
   assert len(modules) > 40 and "simclr_jax.modes.pretrain" in modules
   _import_blocked(modules)
 
