@@ -32,7 +32,9 @@ setup(
         # tensorboardX: the writer fallback without clu is tested too.
         # onnx/onnxruntime: the ONNX export is verified by outputs; torch,
         # torchvision and safetensors, when installed, verify the PyTorch one.
-        "test": ["pytest>=8", "chex>=0.1.88", "tensorboardX>=2.6",
+        # pytest-xdist: the suite runs on two workers (pytest.ini).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "chex>=0.1.88",
+                 "tensorboardX>=2.6",
                  "onnx>=1.16", "onnxruntime>=1.17",
                  # reads the --format=torch files back without torch
                  "safetensors>=0.4"],

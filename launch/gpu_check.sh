@@ -53,7 +53,9 @@ if [ "$dry" = 1 ]; then
   bench_flags="--steps=3 --warmup_steps=1"
   pair_batch=4; pair_flags="--config.aug.on_device=True"
   matmul_side=256
-  cpu_tests="tests/test_synthetic.py"
+  # The quick tier of one file: the stage's machinery, not the tests (the
+  # suite runs them all anyway).
+  cpu_tests="tests/test_synthetic.py -m quick"
   gpu_tests="tests/test_tf_free.py::test_blocker_acts_like_a_missing_package"
   gpu_platform="cpu"
   t_env=60; t_cpu=300; t_gpu=120; t_bench=120; t_matmul=60
@@ -97,7 +99,9 @@ stage() {  # stage NAME TIMEOUT_S CMD...: runs, reports, remembers a failure
 # pytest with TensorFlow, TFDS and clu unimportable (tests/tf_blocker.py).
 blocked_pytest=("$py" -c 'import sys; sys.path.insert(0, "tests")
 import tf_blocker; tf_blocker.install(); import pytest
-sys.exit(pytest.main(sys.argv[1:]))' -q -p no:cacheprovider)
+sys.exit(pytest.main(sys.argv[1:]))' -q -p no:cacheprovider \
+  -o "addopts=--strict-markers")  # one process: pytest.ini's workers would
+  # import TensorFlow unblocked (and a JAX-only box has no pytest-xdist)
 
 stage env "$t_env" "${tool[@]}" --stage=env || { echo "gpu_check: stopping: fix the environment first" >&2; exit 1; }
 # shellcheck disable=SC2086

@@ -3,12 +3,24 @@
 Every test sees 8 host devices; single-device references use a 1-device mesh.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Many tests (and the command-line runs they start as subprocesses, which
+# inherit this environment) compile the same tiny programs: a persistent XLA
+# cache for this session compiles each once. It starts empty and is removed
+# at the end, so no result depends on an earlier session.
+_XLA_CACHE = tempfile.mkdtemp(prefix="simclr_jax_tests_xla_cache_")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # pylint: disable=g-import-not-at-top
 
