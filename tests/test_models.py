@@ -195,8 +195,10 @@ def _rel(a, b):
 
 @pytest.mark.quick
 # -------------------------------------------------------------------- tests
-@pytest.mark.parametrize("cfg,side", [(TINY_BASIC, 16), (TINY_SK, 32),
-                                      (dict(TINY_BASIC, stem="imagenet"), 32)])
+@pytest.mark.parametrize("cfg,side", [
+    (TINY_BASIC, 16), (TINY_SK, 32), (dict(TINY_BASIC, stem="imagenet"), 32),
+    # Fewer stages (the CPU recipes' three-stage net).
+    (dict(TINY_BASIC, stage_sizes=[1, 2, 1], base_widths=[4, 8, 8]), 16)])
 def test_forward_matches_numpy_reference(cfg, side):
   cfg = dict(cfg, sup_head_from=1)
   model, variables = _init(cfg, side)
@@ -411,10 +413,24 @@ def test_configdict_and_representation_dim():
     ("bn_epsilon", 0.0), ("head_layers", 0), ("head_hidden_dim", -1),
     ("proj_dim", 0), ("sup_head_from", 4), ("dtype", "float16"),
     ("stage_sizes", [1, 1, 1]), ("base_widths", [4, 0, 4, 4]),
+    ("stage_sizes", []), ("base_widths", [4, 4, 4, 4, 4]),
 ])
 def test_build_model_rejects_bad_fields(field, value):
   with pytest.raises(ValueError, match=re.escape(f"model.{field}={value!r}")):
     build_model(dict(BASE, **{field: value}), 10)
+
+
+@pytest.mark.quick
+def test_stage_count_must_agree_and_fit_the_strides():
+  with pytest.raises(ValueError, match=re.escape(
+      "model.stage_sizes=[1, 1, 1]") + ".*one entry per stage of "
+                     r"model.base_widths=\(64, 128, 256, 512\)"):
+    build_model(dict(BASE, stage_sizes=[1, 1, 1]), 10)
+  with pytest.raises(ValueError, match="1 to 4 positive integers"):
+    build_model(dict(BASE, stage_sizes=[1] * 5, base_widths=[4] * 5), 10)
+  cfg = dict(BASE, stage_sizes=[1, 1, 1], base_widths=[4, 8, 16])
+  assert validate_model_config(cfg)["base_widths"] == [4, 8, 16]
+  assert representation_dim(cfg) == 16
 
 
 @pytest.mark.quick

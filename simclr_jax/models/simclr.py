@@ -16,7 +16,7 @@ from simclr_jax import config as config_lib
 from simclr_jax.models.heads import ProjectionHead, SupervisedHead
 from simclr_jax.models.resnet import (BASE_WIDTHS, BOTTLENECK_DEPTHS,
                                       EXPANSION, SK_MIN_DIM, STAGE_SIZES,
-                                      STEMS, ResNet)
+                                      STAGE_STRIDES, STEMS, ResNet)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 REQUIRED_KEYS = ("depth", "width", "sk_ratio", "stem", "bn_momentum",
@@ -119,9 +119,13 @@ def _int_tuple(cfg: Mapping[str, Any], field: str, default: Tuple[int, ...]):
   value = cfg.get(field, None)
   if value is None:
     return tuple(default)
-  if isinstance(value, str) or len(tuple(value)) != len(default) or not all(
+  # Fewer stages than the official four: small nets for small images (a
+  # 16 px input is 2 px wide after the fourth stage's stride).
+  most = len(STAGE_STRIDES)
+  if isinstance(value, str) or not 1 <= len(tuple(value)) <= most or not all(
       _is_int(v) and v >= 1 for v in value):
-    _fail(field, value, f"{len(default)} positive integers are required")
+    _fail(field, value, f"1 to {most} positive integers (one per stage) are "
+          "required")
   return tuple(value)
 
 
@@ -186,6 +190,10 @@ def validate_model_config(model_cfg: Mapping[str, Any]) -> Dict[str, Any]:
   sk_min_dim = cfg.get("sk_min_dim", None)
   if sk_min_dim is not None and (not _is_int(sk_min_dim) or sk_min_dim < 1):
     _fail("sk_min_dim", sk_min_dim, "a positive integer is required")
+  if len(stage_sizes) != len(base_widths):
+    _fail("stage_sizes", cfg.get("stage_sizes", None),
+          f"one entry per stage of model.base_widths={tuple(base_widths)} "
+          "(set both to change the number of stages)")
   if stage_sizes != STAGE_SIZES[cfg["depth"]]:
     out["stage_sizes"] = list(stage_sizes)
   if base_widths != BASE_WIDTHS:
