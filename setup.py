@@ -38,6 +38,8 @@ setup(
                  "onnx>=1.16", "onnxruntime>=1.17",
                  # reads the --format=torch files back without torch
                  "safetensors>=0.4"],
+        # launch/skimage_patches.py: the CPU study's second image set.
+        "study": ["scikit-image>=0.22"],
         # python -m simclr_jax.export --format=onnx needs the onnx package.
         "onnx": ["onnx>=1.16"],
         # Accelerator builds of the same jax range: `pip install -e .[cuda13]`
