@@ -2,8 +2,8 @@
 
   python -m simclr_jax.tools.cpu_study --data=digits --grid=screen \\
       --seeds=0 --root=runs/cpu_study
-  python -m simclr_jax.tools.cpu_study --data=patches --grid=final \\
-      --seeds=0,1,2 --root=runs/cpu_study --images=runs/skimage_patches
+  python -m simclr_jax.tools.cpu_study --data=patches --grid=screen \\
+      --seeds=0 --root=runs/cpu_study --images=runs/skimage_patches
   python -m simclr_jax.tools.cpu_study --report --root=runs/cpu_study \\
       --figure=docs/images/cpu_study.png
 
@@ -60,7 +60,6 @@ ARCHS = {
     "r18/4": ((2, 2, 2, 2), (16, 32, 64, 128)),  # the recipes before the study
     "s3-32": ((1, 1, 1), (32, 64, 128)),
     "s3-16": ((1, 1, 1), (16, 32, 64)),
-    "s3-24": ((1, 1, 1), (24, 48, 96)),
 }
 
 
