@@ -114,3 +114,42 @@ def test_a_replaced_field_is_one_line_naming_eval_evaluators(field, value):
   assert str(e.value).startswith(f"config.{field}=")
   assert "replaced by eval.evaluators" in str(e.value)
   assert "\n" not in str(e.value)
+
+
+def test_each_evaluator_is_given_only_the_sections_it_declares():
+  # pylint: disable=g-import-not-at-top
+  from configs import digits
+  from simclr_jax import parallel
+  from simclr_jax.evals import features as features_lib
+  from simclr_jax.evals import registry
+  from simclr_jax.models import build_model
+  from simclr_jax.models import model_config
+  config = digits.get_config("tiny")
+  config.eval.evaluators = registry.NAMES
+  config = ml_collections.FrozenConfigDict(config)
+  model = build_model(model_config(config), num_classes=10)
+  ctx = registry.Context(config, parallel.make_mesh(), "unused", 10,
+                         model=model, feature_fn=lambda v, x: x,
+                         teacher=(model, None))
+  built = registry.build(ctx)
+  assert [e.name for e in built] == ["classifier", "teacher", "knn",
+                                     "linear_probe", "heldout", "pictures"]
+  for evaluator in built:
+    given = evaluator._config  # pylint: disable=protected-access
+    assert isinstance(given, ml_collections.FrozenConfigDict)
+    assert set(given.keys()) == set(type(evaluator).sections), evaluator.name
+    for section in given.keys():  # the same values as the whole config
+      assert given[section] == config[section]
+  shared = ctx.features()._config  # pylint: disable=protected-access
+  assert set(shared.keys()) == set(features_lib.SplitFeatures.sections)
+  # What is not declared cannot be read.
+  with pytest.raises(AttributeError):
+    built[2]._config.data  # pylint: disable=pointless-statement,protected-access
+
+
+def test_a_slice_names_a_missing_section():
+  from simclr_jax.evals import registry  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict({"eval": {"k": 1}, "seed": 3})
+  assert registry.sliced(config, ("seed",)).to_dict() == {"seed": 3}
+  with pytest.raises(KeyError, match="no section \\['viz'\\]"):
+    registry.sliced(config, ("eval", "viz"))

@@ -13,7 +13,8 @@ class Evaluator:
     name: key of its results (in the results JSON) and of its TensorBoard
       scalars (`eval/<name>_top1`, ...).
     periodic: also run every `train.eval_every_steps`, not only at the end.
-    sections: the config sections it reads its settings from.
+    sections: the top-level config fields it reads; the registry gives it
+      a frozen config holding only these (`registry.sliced`).
   """
   name: str = ""
   periodic: bool = True

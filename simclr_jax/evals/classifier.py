@@ -105,7 +105,7 @@ class ClassifierEval(evals_base.Evaluator):
   `config.eval.batch_size`.
   """
 
-  sections = ("eval", "data", "aug")  # the config it reads
+  sections = ("eval", "data", "aug")  # the config it is given (registry.sliced)
 
   def __init__(self, name: str, config: ml_collections.ConfigDict, model,
                mesh, periodic: bool = True, variables: Optional[Any] = None):
@@ -113,7 +113,7 @@ class ClassifierEval(evals_base.Evaluator):
 
     Args:
       name: results key ('probe', 'linear', 'finetune', 'student', ...).
-      config: the full configuration.
+      config: the sections `sections` names (eval, data, aug).
       model: a model whose `apply(..., train=False)['logits']` classifies.
       mesh: the device mesh.
       periodic: also run at the evaluation cadence.

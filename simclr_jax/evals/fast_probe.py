@@ -164,7 +164,7 @@ class FastProbeEval(evals_base.Evaluator):
   """
 
   name = "linear_probe"
-  sections = ("eval", "data", "aug")  # the config it reads
+  sections = ("eval",)  # the config it is given (registry.sliced)
 
   def __init__(self, config: ml_collections.ConfigDict, features: Any,
                num_classes: int, periodic: bool = False):

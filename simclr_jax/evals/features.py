@@ -187,12 +187,16 @@ class SplitFeatures:
   step is compiled once for the whole run.
   """
 
+  # The config it is given (registry.sliced): the splits, the evaluation
+  # crop and batch, the label subset, and the seed of the views.
+  sections = ("eval", "data", "aug", "seed")
+
   def __init__(self, config: ml_collections.ConfigDict,
                feature_fn: FeatureFn, mesh):
     """Builds the feature step (compiled on first use).
 
     Args:
-      config: the full configuration (data, aug, eval).
+      config: the sections `sections` names.
       feature_fn: (variables, images) -> features for one replica.
       mesh: the device mesh.
     """

@@ -152,11 +152,12 @@ def knn_eval(config: ml_collections.ConfigDict,
 class KnnEval(evals_base.Evaluator):
   """The kNN monitor as an evaluator: labelled train features as memory.
 
-  Reads `config.eval.knn_*` (through `knn_eval`).
+  Reads `config.eval.knn_*` (through `knn_eval`); the features it scores
+  come from a shared `features.SplitFeatures`.
   """
 
   name = "knn"
-  sections = ("eval", "data", "aug")  # the config it reads
+  sections = ("eval",)  # the config it is given (registry.sliced)
 
   def __init__(self, config: ml_collections.ConfigDict,
                features: features_lib.SplitFeatures, num_classes: int, mesh,

@@ -305,12 +305,14 @@ class PicturesEval(evals_base.Evaluator):
   """The pictures as an evaluator: the augmentation grid at the start, the
   embedding map and similarity heatmap at every evaluation and at the end.
 
-  Reads only `config.viz` (and the data settings the pictures are drawn from).
+  Reads `config.viz`, and the data settings, evaluation batch and seed the
+  pictures are drawn with.
   """
 
   name = "pictures"
   periodic = True
-  sections = ("viz", "data", "aug")  # the config it reads
+  # The config it is given (registry.sliced).
+  sections = ("viz", "data", "aug", "eval", "seed")
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh,
                workdir: str, labelled: bool = True):

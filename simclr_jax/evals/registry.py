@@ -98,49 +98,72 @@ class Context:
   teacher: Optional[tuple] = None
   _features: Any = dataclasses.field(default=None, init=False, repr=False)
 
+  def sections(self, owner: Any) -> ml_collections.FrozenConfigDict:
+    """The part of the config `owner` declares it reads (`owner.sections`).
+
+    An evaluator is given only these sections, so reading any other field
+    fails at once instead of coupling it to the whole config.
+    """
+    return sliced(self.config, owner.sections)
+
   def features(self):
     """The features kNN and the fast probe share (computed once a step)."""
     if self._features is None:
       from simclr_jax.evals import features as features_lib  # pylint: disable=g-import-not-at-top
-      self._features = features_lib.SplitFeatures(self.config,
-                                                  self.feature_fn, self.mesh)
+      cls = features_lib.SplitFeatures
+      self._features = cls(self.sections(cls), self.feature_fn, self.mesh)
     return self._features
+
+
+def sliced(config: ml_collections.ConfigDict, sections: Sequence[str]
+           ) -> ml_collections.FrozenConfigDict:
+  """A frozen config holding only the top-level fields `sections` names."""
+  missing = [s for s in sections if s not in config]
+  if missing:
+    raise KeyError(f"the config has no section {missing}; it has "
+                   f"{sorted(config.keys())}")
+  return ml_collections.FrozenConfigDict({s: config[s] for s in sections})
 
 
 # pylint: disable=g-import-not-at-top
 def _classifier(ctx: Context) -> evals_base.Evaluator:
   from simclr_jax.evals import classifier
-  return classifier.ClassifierEval(ctx.classifier_key, ctx.config, ctx.model,
-                                   ctx.mesh)
+  return classifier.ClassifierEval(
+      ctx.classifier_key, ctx.sections(classifier.ClassifierEval), ctx.model,
+      ctx.mesh)
 
 
 def _teacher(ctx: Context) -> evals_base.Evaluator:
   from simclr_jax.evals import classifier
   model, variables = ctx.teacher
-  return classifier.ClassifierEval("teacher", ctx.config, model, ctx.mesh,
-                                   periodic=False, variables=variables)
+  return classifier.ClassifierEval(
+      "teacher", ctx.sections(classifier.ClassifierEval), model, ctx.mesh,
+      periodic=False, variables=variables)
 
 
 def _knn(ctx: Context) -> evals_base.Evaluator:
   from simclr_jax.evals import knn
-  return knn.KnnEval(ctx.config, ctx.features(), ctx.num_classes, ctx.mesh,
+  return knn.KnnEval(ctx.sections(knn.KnnEval), ctx.features(),
+                     ctx.num_classes, ctx.mesh,
                      periodic=not ctx.frozen_encoder)
 
 
 def _fast_probe(ctx: Context) -> evals_base.Evaluator:
   from simclr_jax.evals import fast_probe
-  return fast_probe.FastProbeEval(ctx.config, ctx.features(),
-                                  ctx.num_classes)
+  return fast_probe.FastProbeEval(ctx.sections(fast_probe.FastProbeEval),
+                                  ctx.features(), ctx.num_classes)
 
 
 def _signals(ctx: Context) -> evals_base.Evaluator:
   from simclr_jax.evals import signals
-  return signals.SignalsEval(ctx.config, ctx.model, ctx.mesh)
+  return signals.SignalsEval(ctx.sections(signals.SignalsEval), ctx.model,
+                             ctx.mesh)
 
 
 def _pictures(ctx: Context) -> evals_base.Evaluator:
   from simclr_jax.evals import pictures
-  return pictures.PicturesEval(ctx.config, ctx.model, ctx.mesh, ctx.workdir,
+  return pictures.PicturesEval(ctx.sections(pictures.PicturesEval),
+                               ctx.model, ctx.mesh, ctx.workdir,
                                labelled=ctx.num_classes > 0)
 # pylint: enable=g-import-not-at-top
 

@@ -69,7 +69,8 @@ class SignalsEval(evals_base.Evaluator):
 
   name = "heldout"
   periodic = True
-  sections = ("eval", "data", "aug")  # the config it reads
+  # The config it is given (registry.sliced); the seed draws the two views.
+  sections = ("eval", "data", "aug", "seed")
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh):
     """Compiles nothing yet; the z step is built on first use."""
