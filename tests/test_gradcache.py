@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import digits
-from simclr_jax import gradcache
+from simclr_jax.engine import gradcache
 from simclr_jax import losses
 from simclr_jax import parallel
 from simclr_jax.engine import state as state_lib

@@ -158,3 +158,17 @@ def test_nothing_outside_the_modes_branches_on_a_mode_name():
           _names_a_mode(n, names) for n in [node.left] + node.comparators):
         offenders.append(f"{mod}:{node.lineno}")
   assert not offenders, offenders
+
+
+# What the package's top level may hold besides the entry points: the public
+# API, main and config, and the four modules the design guide places there
+# (the mesh, multi-host start-up, the losses, the optimizer).
+TOP_LEVEL = {"api", "config", "parallel", "distributed", "losses", "optim"}
+
+
+def test_the_top_level_holds_the_api_config_and_entry_points_only():
+  top = {mod.split(".")[1] for mod in _modules()
+         if mod.count(".") == 1 and not mod.endswith("__init__")}
+  packages = {mod.split(".")[1] for mod in _modules() if mod.count(".") >= 2}
+  assert top - packages == (TOP_LEVEL |
+                            {m.split(".")[1] for m in ENTRY_POINTS})

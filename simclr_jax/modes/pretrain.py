@@ -17,7 +17,7 @@ import ml_collections
 import optax
 
 from simclr_jax import config as config_lib
-from simclr_jax import gradcache
+from simclr_jax.engine import gradcache
 from simclr_jax import losses
 from simclr_jax import optim
 from simclr_jax import parallel
@@ -46,7 +46,7 @@ def pretrain_grads(params: Any, batch_stats: Any, batch: Dict[str, jax.Array],
     model: the SimCLR model (BatchNorm bound to `AXIS`).
     loss_cfg: `config.loss`.
     probe: train the online linear probe on stop_gradient(h) as well.
-    grad_chunks: > 1 turns on gradient caching (`simclr_jax.gradcache`): the
+    grad_chunks: > 1 turns on gradient caching (`simclr_jax.engine.gradcache`): the
       images are processed in this many chunks, the loss still sees the whole
       batch; BatchNorm statistics are then per chunk.
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from simclr_jax import config as config_lib
-from simclr_jax import gradcache
+from simclr_jax.engine import gradcache
 from simclr_jax import losses
 from simclr_jax import parallel
 from simclr_jax.models import build_model
