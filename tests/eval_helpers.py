@@ -25,16 +25,21 @@ def tiny_config():
   return config
 
 
-def tiny_run_config(steps: int = 6):
-  """configs/digits.py:tiny with a checkpoint every 2 steps and a log every
-  step (the shared pretraining run of conftest's `tiny_pretrain_run`)."""
-  config = digits.get_config("tiny")
+def with_run_settings(config, steps: int = 6):
+  """`config` with batch 32, evaluation batch 64, `steps` steps, a log every
+  step and a checkpoint every 2 steps."""
   config.train.global_batch = 32
   config.eval.batch_size = 64
   config.train.steps = steps
   config.train.log_every_steps = 1
   config.train.checkpoint_every_steps = 2
   return config
+
+
+def tiny_run_config(steps: int = 6):
+  """configs/digits.py:tiny `with_run_settings` (the shared pretraining run
+  of conftest's `tiny_pretrain_run`)."""
+  return with_run_settings(digits.get_config("tiny"), steps)
 
 
 def make_workdir(workdir: str, step: int = 4):

@@ -25,6 +25,8 @@ from simclr_jax.exports import onnx as onnx_export
 from simclr_jax.exports import pytorch
 from simclr_jax.exports import writers
 from simclr_jax.models import build_model
+from simclr_jax.tools.export_check import random_variables
+from simclr_jax.tools.export_check import rel as rel_error
 
 TOL = 1e-5
 TINY = {"stage_sizes": (2, 1, 1, 1), "base_widths": (8, 16, 32, 64)}
@@ -48,35 +50,6 @@ ARCHS = {
     "r50_w1_cifar_sk": (model_cfg(50, 1, 0.0625, "cifar", proj_head="none"),
                         (16,)),
 }
-
-
-def random_variables(model, size, seed=0):
-  """Random variables of the model's shapes (no compile): kernels of unit
-  fan-in variance, BatchNorm statistics and affine terms all away from
-  their initial values, variances positive."""
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32),
-      train=False))
-  rng = np.random.default_rng(seed)
-
-  def draw(path, s):
-    name = jax.tree_util.keystr(path)
-    if "kernel" in name:
-      fan_in = int(np.prod(s.shape[:-1]))
-      return rng.normal(0, fan_in ** -0.5, s.shape).astype(np.float32)
-    noise = rng.normal(0, 0.1, s.shape).astype(np.float32)
-    if "var" in name:
-      return np.abs(1 + noise) + 0.5
-    return 1 + noise if "scale" in name else noise
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
-def rel_error(got, want):
-  """max |got - want| / max |want|."""
-  want = np.asarray(want, np.float64)
-  return float(np.abs(np.asarray(got, np.float64) - want).max() /
-               np.abs(want).max())
 
 
 @pytest.fixture()

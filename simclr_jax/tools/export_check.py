@@ -51,6 +51,9 @@ def model_config(depth, width, sk_ratio, stem):
 
 
 def random_variables(model, size, seed=0):
+  """Random variables of the model's shapes (no compile): kernels of unit
+  fan-in variance, BatchNorm statistics and affine terms all away from
+  their initial values, variances positive. The export tests use it too."""
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.float32),
       train=False))
@@ -70,6 +73,7 @@ def random_variables(model, size, seed=0):
 
 
 def rel(got, want):
+  """max |got - want| / max |want|, in float64."""
   want = np.asarray(want, np.float64)
   return float(np.abs(np.asarray(got, np.float64) - want).max() /
                np.abs(want).max())
