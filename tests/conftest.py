@@ -21,11 +21,13 @@ atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+# Compile time dominates the tiny test models on CPU, here and in the
+# command-line runs the tests start (no test times anything).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # pylint: disable=g-import-not-at-top
 
-# Compile time dominates the tiny test models on CPU.
-jax.config.update("jax_disable_most_optimizations", True)
+jax.config.update("jax_disable_most_optimizations", True)  # as above
 
 import copy  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import hashlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -73,6 +75,18 @@ def tiny_export(tiny_workdir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sources(tiny_workdir, tmp_path_factory):
+  """The engine tests' encoder source (`tiny_workdir`) and a teacher export
+  of random weights: {'pretrain': path, 'teacher': path}; read only."""
+  import engine_helpers  # pylint: disable=g-import-not-at-top
+  out = engine_helpers.make_sources(tmp_path_factory.mktemp("sources"),
+                                    tiny_workdir[0])
+  before = _digest(out["teacher"])
+  yield out
+  assert _digest(out["teacher"]) == before, "a test changed the teacher"
+
+
+@pytest.fixture(scope="session")
 def tiny_pretrain_run(tmp_path_factory):
   """A finished 6-step run of `eval_helpers.tiny_run_config()` (checkpoints
   2, 4 and 6): (workdir, results). Shared by the engine and workdir-safety
@@ -84,3 +98,20 @@ def tiny_pretrain_run(tmp_path_factory):
   before = _digest(workdir)
   yield workdir, copy.deepcopy(results)
   assert _digest(workdir) == before, "a test changed the shared pretraining run"
+
+
+# The files that take longest (two minutes and more of one worker, measured
+# with `--durations`), started first: `-n 2 --dist loadfile` hands out whole
+# files in collection order, and a long file started last leaves the other
+# worker idle at the end.
+SLOW_FILES_FIRST = ("test_loop_signals.py", "test_workdir_safety.py",
+                    "test_engine.py", "test_preemption_cli.py",
+                    "test_multihost.py", "test_embed.py", "test_gpu_check.py",
+                    "test_distill.py", "test_cli_errors.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Puts the items of `SLOW_FILES_FIRST` first, in that order (stable)."""
+  del config
+  rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
