@@ -16,8 +16,13 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # inherit this environment) compile the same tiny programs: a persistent XLA
 # cache for this session compiles each once. It starts empty and is removed
 # at the end, so no result depends on an earlier session.
-_XLA_CACHE = tempfile.mkdtemp(prefix="simclr_jax_tests_xla_cache_")
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+# The pytest-xdist workers inherit the directory the main process made (the
+# two workers compile many of the same programs); only its maker removes it.
+_XLA_CACHE = os.environ.get("SIMCLR_JAX_TESTS_XLA_CACHE")
+if not _XLA_CACHE:
+  _XLA_CACHE = tempfile.mkdtemp(prefix="simclr_jax_tests_xla_cache_")
+  os.environ["SIMCLR_JAX_TESTS_XLA_CACHE"] = _XLA_CACHE
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
