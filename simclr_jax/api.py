@@ -107,7 +107,11 @@ def preprocess(image: np.ndarray, size: int,
   top, left = (h - side + 1) // 2, (w - side + 1) // 2
   crop = image[top:top + side, left:left + side].astype(np.float64)
   weights = resize_weights(side, int(size))
-  out = np.einsum("ih,hwc,jw->ijc", weights, crop, weights)
+  # Rows, then columns: two small products. One three-operand einsum would
+  # sum over rows and columns at once (size^2 * side^2 terms: ~20 s for one
+  # 224 px image).
+  rows = np.einsum("ih,hwc->iwc", weights, crop)
+  out = np.einsum("iwc,jw->ijc", rows, weights)
   return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
