@@ -2,7 +2,7 @@
 
   python -m simclr_jax.tools.cpu_study --data=digits --grid=screen \\
       --seeds=0 --root=runs/cpu_study
-  python -m simclr_jax.tools.cpu_study --data=patches --grid=screen \\
+  python -m simclr_jax.tools.cpu_study --data=patches --grid=patches \\
       --seeds=0 --root=runs/cpu_study --images=runs/skimage_patches
   python -m simclr_jax.tools.cpu_study --report --root=runs/cpu_study \\
       --figure=docs/images/cpu_study.png
@@ -76,8 +76,8 @@ def _entry(arch: str, steps: int, **fields) -> Tuple[str, List[str]]:
 
 
 # Each grid: entries of (name, overrides). `screen` compares architectures,
-# batch and temperature at two to five minutes; `recipes` runs the config as
-# it is (its own steps and model), for the recipes' seeds.
+# batch and temperature at two to five minutes on digits; `recipes` runs the
+# config as it is (its own steps and model), for the recipes' seeds.
 GRIDS: Dict[str, List[Tuple[str, List[str]]]] = {
     "screen": [
         _entry("s3-16", 100),
@@ -88,6 +88,16 @@ GRIDS: Dict[str, List[Tuple[str, List[str]]]] = {
         _entry("s3-32", 200),
     ],
     "recipes": [("config as written", [])],
+    # The second image set (--data=patches): its base, configs/folder.py:cpu,
+    # as written (a quarter-width ResNet-18, 30 epochs of 800 patches at
+    # 16 px), against the three-stage nets in about the same minutes, and
+    # one at the patches' own 32 px.
+    "patches": [
+        ("config as written", []),
+        _entry("s3-16", 300),
+        _entry("s3-32", 120),
+        _entry("s3-16", 100, **{"data.image_size": 32}),
+    ],
 }
 
 FIELDS = ("data", "name", "seed", "steps", "minutes", "train_seconds", "knn",
