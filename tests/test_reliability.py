@@ -325,3 +325,30 @@ def test_ctrl_c_outside_a_training_loop_is_one_line():
   assert errors == ["error: interrupted (SIGINT); outputs and checkpoints "
                     "written before it are intact"]
   assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.quick
+def test_small_replicated_arrays_are_saved_whole_without_compiling(
+    tmp_path, caplog):
+  # orbax's replica-parallel save cuts every replicated array into one slice
+  # per device with a program compiled per shape (7-9 s at the first save of
+  # the tiny model); below REPLICA_SLICE_MIN_BYTES per slice it must not.
+  from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh()
+  rng = np.random.default_rng(0)
+  # Shapes no other test uses, so no compiled program is cached already.
+  host = {f"w{i}": rng.normal(size=(3, 5 + i, 7)).astype(np.float32)
+          for i in range(6)}
+  host["step"] = np.asarray(11, np.int32)
+  state = parallel.replicate(mesh, host)
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), keep=2)
+  with jax.log_compiles(True), caplog.at_level("WARNING"):
+    checkpointer.save(11, state)
+    checkpointer.wait()
+  compiled = [r.getMessage() for r in caplog.records
+              if "Compiling" in r.getMessage()]
+  assert not compiled, compiled[:3]
+  restored = checkpointer.restore(11, state)
+  checkpointer.close()
+  for key, value in host.items():
+    np.testing.assert_array_equal(np.asarray(restored[key]), value)
