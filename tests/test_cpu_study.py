@@ -41,3 +41,42 @@ def test_csv_round_trip_and_summary_against_numpy(tmp_path):
   text = cpu_study.table([a, b])
   assert "| digits | a | 3 | 2.6 ± 0.1 | 96.7 ± 2.1 | 98.0 ± 1.0 |" in text
   assert "| digits | b | 1 | 4.0 | 90.0 | 92.0 |" in text
+
+
+def _agreement_module():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "launch",
+                      "neighbour_agreement.py")
+  spec = importlib.util.spec_from_file_location("neighbour_agreement", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_neighbour_agreement_by_hand(tmp_path, capsys):
+  agreement = _agreement_module()
+  # Four points on the unit circle at 0, 10, 90 and 100 degrees, labels
+  # a a b a. Nearest other point (cosine): 0->10 (a=a), 10->0 (a=a),
+  # 90->100 (b!=a), 100->90 (a!=b): 1-NN agreement 2/4. Two nearest:
+  # 0->{10, 90}: 1 of 2; 10->{0, 90}: 1; 90->{100, 10}: 0; 100->{90, 10}: 1;
+  # 3 of 8.
+  deg = np.radians([0.0, 10.0, 90.0, 100.0])
+  # Lengths differ: the cosine, not the distance, decides.
+  x = np.stack([np.cos(deg), np.sin(deg)], 1) * np.array([[1], [3], [2],
+                                                          [0.5]])
+  labels = np.array(["a", "a", "b", "a"])
+  assert agreement.agreement(x, labels, [1, 2]) == {1: 0.5, 2: 0.375}
+  paths = np.array([f"{i}.png" for i in range(4)])
+  np.savez(tmp_path / "e.npz", embeddings=x.astype(np.float32), paths=paths)
+  (tmp_path / "l.csv").write_text(
+      "path,label\n" + "".join(f"{p},{l}\n" for p, l in zip(paths, labels)))
+  assert agreement.main([str(tmp_path / "e.npz"), str(tmp_path / "l.csv"),
+                         "--k", "1", "2"]) == 0
+  assert capsys.readouterr().out.splitlines() == [
+      "1 nearest: 50.0% share the image's label (4 images)",
+      "2 nearest: 37.5% share the image's label (4 images)"]
+  (tmp_path / "l.csv").write_text("path,label\n0.png,a\n")
+  assert agreement.main([str(tmp_path / "e.npz"),
+                         str(tmp_path / "l.csv")]) == 2
+  assert "3 embedded paths have no label" in capsys.readouterr().err
