@@ -111,7 +111,7 @@ def test_embed_gives_one_finite_row_per_file(pretrained):
     assert str(f["layer"]) == "h" and int(f["image_size"]) == 16
     assert float(f["crop_proportion"]) == 1.0 and len(f["skipped"]) == 0
   assert paths == _walk(pretrained["images"]) and len(paths) == 20
-  assert emb.dtype == np.float32 and emb.shape == (20, 64)
+  assert emb.dtype == np.float32 and emb.shape == (20, 16)
   assert np.isfinite(emb).all()
   assert pretrained["summary"]["num_images"] == 20
 

