@@ -88,6 +88,17 @@ GRIDS: Dict[str, List[Tuple[str, List[str]]]] = {
         _entry("s3-32", 200),
     ],
     "recipes": [("config as written", [])],
+    # One field at a time against `s3-16 300 steps` of the screen (LARS, lr
+    # 1.0, colour strength 0.5, crops of 20-100% of the area): AdamW at the
+    # small batch, stronger colour jitter, smaller crops; and the longest
+    # budget, `s3-32` for about ten minutes.
+    "more": [
+        _entry("s3-16", 300, **{"optim.name": "adamw", "optim.base_lr": 0.002,
+                                "optim.weight_decay": 1e-4}),
+        _entry("s3-16", 300, **{"aug.color_strength": 1.0}),
+        _entry("s3-16", 300, **{"aug.crop_area_min": 0.08}),
+        _entry("s3-32", 500),
+    ],
     # The second image set (--data=patches), trained through
     # configs/folder.py:cpu with each entry's model and steps: the recipe
     # before the study (a quarter-width ResNet-18, 30 epochs of 800 patches
@@ -189,7 +200,7 @@ def plot(summary: Sequence[Dict[str, object]], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   datas = sorted({s["data"] for s in summary})
-  fig, axes = plt.subplots(len(datas), 2, figsize=(11, 4 * len(datas)),
+  fig, axes = plt.subplots(len(datas), 2, figsize=(15, 4 * len(datas)),
                            squeeze=False)
   for row, data in zip(axes, datas):
     for ax, key, label in zip(row, ("knn", "linear_probe"),
@@ -202,7 +213,8 @@ def plot(summary: Sequence[Dict[str, object]], path: str) -> None:
       ax.set_ylabel(label)
       ax.set_title(f"{data}: {label}")
       ax.grid(alpha=0.3)
-    row[1].legend(fontsize=7, loc="best")
+    # Beside the plots, so that no legend hides a marker.
+    row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=110)
