@@ -94,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   loss.base_temperature = 0.0  # supcon: x temperature / base_temperature (SupContrast: 0.07); 0 = off
 
   config.optim = optim = ml_collections.ConfigDict()
-  optim.name = "lars"  # lars | sgd | adamw
+  optim.name = "lars"  # lars | sgd | adamw | lamb
   optim.base_lr = 1.0  # base learning rate before batch scaling
   optim.lr_scaling = "linear"  # linear (x B/256) | sqrt (x sqrt(B)) | none
   optim.weight_decay = 1e-6  # on kernels only (not BN, biases, probe head)
@@ -102,7 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
   optim.momentum = 0.9  # LARS / SGD momentum
   optim.trust_coefficient = 0.001  # LARS eta
   optim.nesterov = True  # SGD: Nesterov momentum
-  optim.b1 = 0.9  # AdamW betas and epsilon
+  optim.b1 = 0.9  # AdamW / LAMB betas and epsilon
   optim.b2 = 0.999
   optim.eps = 1e-8
   optim.warmup_epochs = 10  # linear warm-up length, epochs

@@ -1,8 +1,10 @@
-"""Optimizers (LARS, SGD with Nesterov momentum, AdamW), masks and schedules.
+"""Optimizers (LARS, SGD with Nesterov momentum, AdamW, LAMB), masks and schedules.
 
 Weight decay and LARS trust-ratio adaptation apply to conv/dense kernels only:
 BatchNorm scales/offsets and every bias are excluded, and so is the supervised
-(probe) head, as in the official code's `exclude_from_weight_decay`. The
+(probe) head, as in the official code's `exclude_from_weight_decay`. LAMB
+uses the same mask for its layer-wise trust ratio (the LAMB paper's
+`exclude_from_layer_adaptation` defaults to the weight-decay exclusions). The
 official code decays the supervised head's kernel anyway, through an L2 term
 of its loss (`model.add_weight_decay`); `optim.decay_sup_head` does the same.
 """
@@ -14,7 +16,7 @@ import jax
 import ml_collections
 import optax
 
-OPTIMIZERS = ("lars", "sgd", "adamw")
+OPTIMIZERS = ("lars", "sgd", "adamw", "lamb")
 LR_SCALINGS = ("linear", "sqrt", "none")
 
 
@@ -105,7 +107,7 @@ def make_optimizer(optim_cfg: ml_collections.ConfigDict,
   Args:
     optim_cfg: `config.optim` with `name`, `weight_decay`, `momentum`,
       `trust_coefficient` (LARS), `nesterov` (SGD), `b1`, `b2`, `eps`
-      (AdamW) and `decay_sup_head`: add weight_decay x kernel to the
+      (AdamW and LAMB) and `decay_sup_head`: add weight_decay x kernel to the
       supervised head's kernel gradient first, which is the gradient of the
       official L2 loss term; that head is outside the LARS trust ratio, so it
       then gets plain lr x momentum steps, as in the official code.
@@ -148,4 +150,13 @@ def _base_optimizer(optim_cfg: ml_collections.ConfigDict,
     return optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
                        eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay,
                        mask=mask)
+  if name == "lamb":
+    # optax.lamb adapts every leaf; BatchNorm and biases keep plain Adam
+    # steps here, like LARS's trust_ratio_mask.
+    return optax.chain(
+        optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2,
+                            eps=optim_cfg.eps),
+        optax.add_decayed_weights(optim_cfg.weight_decay, mask=mask),
+        optax.masked(optax.scale_by_trust_ratio(), mask),
+        optax.scale_by_learning_rate(schedule))
   raise ValueError(f"optim.name={name!r} is not one of {OPTIMIZERS}")

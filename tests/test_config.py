@@ -27,7 +27,7 @@ def test_shipped_configs_validate(get):
     ("mode", "pretrian", "config.mode='pretrian'"),
     ("data.source", "mnist", "config.data.source='mnist'"),
     ("model.depth", 20, "config.model.depth=20"),
-    ("optim.name", "lamb", "config.optim.name='lamb'"),
+    ("optim.name", "adagrad", "config.optim.name='adagrad'"),
     ("loss.name", "infonce", "config.loss.name='infonce'"),
     ("loss.temperature", 0.0, "config.loss.temperature=0.0"),
     ("data.image_size", 4, "config.data.image_size=4"),
