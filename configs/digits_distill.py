@@ -1,7 +1,7 @@
 """Distillation on digits: a frozen teacher export trains a student from scratch.
 
-The student (by default the teacher's narrow ResNet-18; `:small` gives one
-block per stage at half the width) sees the crop+flip view the teacher sees
+The student (by default the teacher's net, the three-stage ResNet of
+configs/digits.py; `:small` gives it half the channels) sees the crop+flip view the teacher sees
 and learns from the teacher's softened class distribution only (no labels).
 Make a teacher first, e.g. the SupCon encoder with its online linear probe:
   python -m simclr_jax.main --config=configs/digits_supcon.py --workdir=runs/digits_supcon
@@ -39,6 +39,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.train.epochs = 60  # 300 steps; one view per image
     config.train.checkpoint_every_steps = 100
   if arg == "small":
-    config.model.stage_sizes = (1, 1, 1, 1)  # ResNet-10 layout
-    config.model.base_widths = (8, 16, 32, 64)  # half the teacher's channels
+    config.model.base_widths = (8, 16, 32)  # half the teacher's channels
   return config

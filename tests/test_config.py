@@ -18,6 +18,7 @@ pytestmark = pytest.mark.quick
 
 
 @pytest.mark.parametrize("get", [default.get_config, digits.get_config,
+                                 lambda: digits.get_config("r18"),
                                  cifar10.get_config, imagenet.get_config])
 def test_shipped_configs_validate(get):
   modes.validate(get(), num_devices=8)
@@ -104,7 +105,7 @@ def test_is_time_single_decision_point():
 
 
 def test_lars_masks_exclude_bn_and_biases_include_kernels():
-  config = digits.get_config()
+  config = digits.get_config("r18")  # a ResNet-18
   model = build_model(model_config(config), num_classes=10)
   params = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)),

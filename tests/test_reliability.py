@@ -239,7 +239,7 @@ def _set(config, field, value):
     ("mode", "pretrian", "config.mode='pretrian'"),
     ("data.source", "imagenet", "config.data.source='imagenet'"),
     ("model.depth", 20, "config.model.depth=20"),
-    ("optim.name", "lamb", "config.optim.name='lamb'"),
+    ("optim.name", "adagrad", "config.optim.name='adagrad'"),
     ("loss.name", "infonce", "config.loss.name='infonce'"),
     ("loss.temperature", 0.0, "config.loss.temperature=0.0 is invalid: "
      "must be > 0"),

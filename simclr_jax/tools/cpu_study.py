@@ -90,14 +90,28 @@ GRIDS: Dict[str, List[Tuple[str, List[str]]]] = {
     "recipes": [("config as written", [])],
     # One field at a time against `s3-16 300 steps` of the screen (LARS, lr
     # 1.0, colour strength 0.5, crops of 20-100% of the area): AdamW at the
-    # small batch, stronger colour jitter, smaller crops; and the longest
-    # budget, `s3-32` for about ten minutes.
+    # small batch, LAMB at two learning rates, stronger colour jitter,
+    # smaller crops; and the longest budget, `s3-32` for about ten minutes.
     "more": [
         _entry("s3-16", 300, **{"optim.name": "adamw", "optim.base_lr": 0.002,
                                 "optim.weight_decay": 1e-4}),
+        _entry("s3-16", 300, **{"optim.name": "lamb", "optim.base_lr": 0.01}),
+        _entry("s3-16", 300, **{"optim.name": "lamb", "optim.base_lr": 0.003}),
         _entry("s3-16", 300, **{"aug.color_strength": 1.0}),
         _entry("s3-16", 300, **{"aug.crop_area_min": 0.08}),
         _entry("s3-32", 500),
+    ],
+    # The reference recipe at our step rate: `s3-32` for 1,500 steps
+    # of batch 256 at 16 px (about half an hour here).
+    "long": [
+        _entry("s3-32", 1500),
+    ],
+    # Digits at their own 8 px instead of upscaled to 16: a step of `s3-16`
+    # costs about a quarter, so the same minutes buy four times the steps.
+    "native": [
+        _entry("s3-16", 1500, **{"data.image_size": 8}),
+        _entry("s3-16", 800, **{"data.image_size": 8}),
+        _entry("s3-32", 600, **{"data.image_size": 8}),
     ],
     # The second image set (--data=patches), trained through
     # configs/folder.py:cpu with each entry's model and steps: the recipe
