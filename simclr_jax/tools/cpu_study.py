@@ -213,17 +213,28 @@ def plot(summary: Sequence[Dict[str, object]], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  # Colour and marker both change from entry to entry: 20 entries stay apart.
+  colours = plt.get_cmap("tab20").colors
+  markers = "osD^vP*Xh<>p"
   datas = sorted({s["data"] for s in summary})
   fig, axes = plt.subplots(len(datas), 2, figsize=(15, 4 * len(datas)),
                            squeeze=False)
   for row, data in zip(axes, datas):
     for ax, key, label in zip(row, ("knn", "linear_probe"),
                               ("kNN top-1 (%)", "linear probe top-1 (%)")):
-      for s in (s for s in summary if s["data"] == data):
+      for i, s in enumerate(s for s in summary if s["data"] == data):
         ax.errorbar(s["minutes"], s[key], xerr=s["minutes_sd"],
-                    yerr=s[key + "_sd"], fmt="o", capsize=3,
+                    yerr=s[key + "_sd"], fmt=markers[i % len(markers)],
+                    color=colours[i % len(colours)], capsize=3,
                     label=f"{s['name']} (n={s['seeds']})")
-      ax.set_xlabel("minutes (start to final evaluation)")
+      # Budgets from one to thirty minutes: a log axis keeps the short ones
+      # apart.
+      ax.set_xscale("log")
+      ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+      ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+      ax.set_xticks([1, 2, 3, 5, 10, 20, 30])
+      ax.set_xlabel("minutes (start to final evaluation, log scale)")
       ax.set_ylabel(label)
       ax.set_title(f"{data}: {label}")
       ax.grid(alpha=0.3)
