@@ -1,8 +1,9 @@
 """Distillation on digits: a frozen teacher export trains a student from scratch.
 
 The student (by default the teacher's net, the three-stage ResNet of
-configs/digits.py; `:small` gives it half the channels) sees the crop+flip view the teacher sees
-and learns from the teacher's softened class distribution only (no labels).
+configs/digits.py; `:small` gives it half the channels) sees the crop+flip
+view the teacher sees and learns from the teacher's softened class
+distribution only (no labels).
 Make a teacher first, e.g. the SupCon encoder with its online linear probe:
   python -m simclr_jax.main --config=configs/digits_supcon.py --workdir=runs/digits_supcon
   python -m simclr_jax.export --workdir=runs/digits_supcon \

@@ -1,6 +1,5 @@
 """The LAMB optimizer against a float64 NumPy transcription of its update."""
 
-import jax
 import numpy as np
 import optax
 import pytest
